@@ -1,0 +1,39 @@
+"""manifoldmp: bundle diffusion operators and gauge-equivariant message passing on surfaces."""
+
+from manifoldmp import mesh, meshes
+from manifoldmp.errors import ManifoldmpError, MeshError, ParameterError
+from manifoldmp.operators import (
+    bundle_laplacian,
+    complex_to_real_block,
+    connection_laplacian,
+    divergence,
+    divergence_matrix,
+    gradient,
+    gradient_matrix,
+    mass_matrix,
+    to_torch_sparse,
+)
+from manifoldmp.pointcloud import PointCloud
+from manifoldmp.surface import Surface
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ManifoldmpError",
+    "MeshError",
+    "ParameterError",
+    "PointCloud",
+    "Surface",
+    "__version__",
+    "bundle_laplacian",
+    "complex_to_real_block",
+    "connection_laplacian",
+    "divergence",
+    "divergence_matrix",
+    "gradient",
+    "gradient_matrix",
+    "mass_matrix",
+    "mesh",
+    "meshes",
+    "to_torch_sparse",
+]

@@ -1,0 +1,1 @@
+"""Intrinsic and embedded geometric quantities."""

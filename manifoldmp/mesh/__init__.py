@@ -1,0 +1,1 @@
+"""Connectivity, validation and repair of triangle meshes."""

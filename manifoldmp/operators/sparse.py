@@ -1,0 +1,93 @@
+"""scipy.sparse -> torch.sparse conversions that keep the dtype (no hidden float32)."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Literal
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from manifoldmp.errors import ParameterError
+from manifoldmp.mesh.validate import validate_choice
+
+__all__ = ["complex_to_real_block", "to_torch_sparse"]
+
+
+def complex_to_real_block(A: Any, *, layout: Literal["interleaved", "stacked"] = "interleaved"
+                          ) -> sp.csr_matrix:
+    """Real ``(2V, 2V)`` form of a complex ``(V, V)`` operator (THEORY.md 1.5).
+
+    ``interleaved``: vertex ``i`` owns rows ``2i, 2i+1`` (``(Re, Im)`` pairs, the feature
+    layout of the layers) and each entry ``a + ib`` becomes the block ``[[a, -b], [b, a]]``.
+    ``stacked``: ``[[Re A, -Im A], [Im A, Re A]]`` acting on ``[Re u; Im u]``.
+    Each eigenvalue of a Hermitian ``A`` appears twice in the real form.
+
+    Parameters
+    ----------
+    A : (V, V) sparse matrix (complex or real)
+    layout : {"interleaved", "stacked"}
+
+    Returns
+    -------
+    (2V, 2V) scipy.sparse.csr_matrix of float64
+    """
+    layout = validate_choice(layout, "layout", ("interleaved", "stacked"))
+    if not sp.issparse(A):
+        raise ParameterError(f"A must be a scipy.sparse matrix, got {type(A).__name__}")
+    A = sp.coo_matrix(A)
+    if layout == "stacked":
+        re, im = A.real, A.imag
+        return sp.bmat([[re, -im], [im, re]], format="csr")
+    r, c = A.row.astype(np.int64), A.col.astype(np.int64)
+    a = np.real(A.data)
+    b = np.imag(A.data) if np.iscomplexobj(A.data) else np.zeros_like(a)
+    rows = np.concatenate([2 * r, 2 * r, 2 * r + 1, 2 * r + 1])
+    cols = np.concatenate([2 * c, 2 * c + 1, 2 * c, 2 * c + 1])
+    vals = np.concatenate([a, -b, b, a])
+    n, m = A.shape
+    return sp.csr_matrix((vals, (rows, cols)), shape=(2 * n, 2 * m))
+
+
+def to_torch_sparse(A: Any, *, form: Literal["complex", "real_block"] = "complex",
+                    layout: Literal["csr", "coo"] = "csr", device: Any = None) -> torch.Tensor:
+    """Convert a scipy sparse matrix to a torch sparse tensor, keeping its dtype.
+
+    Parameters
+    ----------
+    A : (V, V) scipy sparse matrix
+    form : {"complex", "real_block"}
+        ``complex`` keeps the values (complex128 stays complex128, float64 stays float64);
+        ``real_block`` converts to the interleaved real ``(2V, 2V)`` form first.
+    layout : {"csr", "coo"}
+    device : torch.device or str, optional
+
+    Returns
+    -------
+    torch.Tensor
+        Sparse tensor of dtype ``torch.float64``/``torch.complex128`` (or whatever ``A`` held).
+    """
+    form = validate_choice(form, "form", ("complex", "real_block"))
+    layout = validate_choice(layout, "layout", ("csr", "coo"))
+    if not sp.issparse(A):
+        raise ParameterError(f"A must be a scipy.sparse matrix, got {type(A).__name__}")
+    if form == "real_block":
+        A = complex_to_real_block(A)
+    A = sp.csr_matrix(A)
+    A.sum_duplicates()
+    data = torch.from_numpy(np.ascontiguousarray(A.data))
+    if layout == "csr":
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+            t = torch.sparse_csr_tensor(
+                torch.from_numpy(A.indptr.astype(np.int64)),
+                torch.from_numpy(A.indices.astype(np.int64)),
+                data, size=A.shape, check_invariants=False,
+            )
+    else:
+        coo = A.tocoo()
+        idx = torch.from_numpy(np.vstack([coo.row, coo.col]).astype(np.int64))
+        t = torch.sparse_coo_tensor(idx, torch.from_numpy(coo.data), size=A.shape,
+                                    check_invariants=False).coalesce()
+    return t.to(device) if device is not None else t

@@ -1,0 +1,38 @@
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+import manifoldmp as mmp
+
+
+@pytest.mark.parametrize("layout", ["csr", "coo"])
+@pytest.mark.parametrize("n", [0, 2])
+def test_torch_conversion_keeps_dtype_and_values(n, layout, rng):
+    S = mmp.meshes.icosphere(2)
+    L = mmp.connection_laplacian(S, n)
+    T = mmp.to_torch_sparse(L, layout=layout)
+    assert T.dtype == (torch.float64 if n == 0 else torch.complex128)
+    x = rng.normal(size=(S.n_vertices, 3))
+    x = x + 1j * rng.normal(size=x.shape) if n else x
+    y = (T @ torch.from_numpy(x)).numpy()
+    assert np.abs(y - L @ x).max() < 1e-12 * abs(L).max()
+
+
+@pytest.mark.parametrize(("dtype", "tol"), [(torch.float64, 1e-12), (torch.float32, 1e-4)])
+def test_real_block_form(dtype, tol, rng):
+    S = mmp.meshes.icosphere(2)
+    L = mmp.connection_laplacian(S, 1)
+    B = mmp.complex_to_real_block(L)
+    z = rng.normal(size=S.n_vertices) + 1j * rng.normal(size=S.n_vertices)
+    x = np.stack([z.real, z.imag], 1).ravel()  # interleaved (Re, Im)
+    T = mmp.to_torch_sparse(L, form="real_block").to(dtype)
+    y = (T @ torch.from_numpy(x).to(dtype)).double().numpy()
+    w = L @ z
+    assert np.abs(y - np.stack([w.real, w.imag], 1).ravel()).max() < tol * np.abs(w).max()
+    # every eigenvalue doubles
+    ev_c = np.linalg.eigvalsh(L.toarray())
+    ev_r = np.linalg.eigvalsh(B.toarray())
+    assert np.abs(np.repeat(ev_c, 2) - ev_r).max() < 1e-10
+    st = mmp.complex_to_real_block(L, layout="stacked")
+    assert sp.issparse(st) and np.abs(np.linalg.eigvalsh(st.toarray()) - ev_r).max() < 1e-10
