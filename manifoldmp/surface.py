@@ -189,7 +189,8 @@ class Surface:
         if not os.path.exists(path):
             raise FileNotFoundError(path)
         try:
-            mesh = trimesh.load(path, process=False, force="mesh")
+            # materials are not needed (and would pull in an image library for textures)
+            mesh = trimesh.load(path, process=False, force="mesh", skip_materials=True)
         except Exception as exc:
             raise MeshError(f"could not read a triangle mesh from {path!r}: {exc}") from exc
         faces = getattr(mesh, "faces", None)
