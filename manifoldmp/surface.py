@@ -16,6 +16,7 @@ from manifoldmp.errors import MeshError, ParameterError
 from manifoldmp.geometry.intrinsic import (
     corner_angles,
     corner_cotans,
+    corner_terms,
     face_areas,
     mollify_lengths,
 )
@@ -461,14 +462,18 @@ class Surface:
         return face_areas(self.halfedge_lengths)
 
     @cached_quantity
+    def _corner_terms(self) -> np.ndarray:
+        return corner_terms(self.halfedge_lengths)
+
+    @cached_quantity
     def corner_angles(self) -> np.ndarray:
         """(F, 3) ndarray: interior angle at corner ``c`` of face ``f``."""
-        return corner_angles(self.halfedge_lengths, self.face_areas)
+        return corner_angles(self.halfedge_lengths, self.face_areas, self._corner_terms)
 
     @cached_quantity
     def corner_cotans(self) -> np.ndarray:
         """(F, 3) ndarray: cotangent of each corner angle."""
-        return corner_cotans(self.halfedge_lengths, self.face_areas)
+        return corner_cotans(self.halfedge_lengths, self.face_areas, self._corner_terms)
 
     @cached_quantity
     def halfedge_cotan_weights(self) -> np.ndarray:
@@ -515,6 +520,13 @@ class Surface:
         """Angular coordinate of each corner's start direction in the reference gauge."""
         n_iter = jump_rounds(self.halfedge_tails, self.n_vertices)
         return pointer_jump_sum(self._conn.corner_prev, self.rescaled_corner_angles.ravel(),
+                                n_iter).reshape(-1, 3)
+
+    @cached_quantity
+    def _corner_phi_start_true(self) -> np.ndarray:
+        """Like ``_corner_phi_start`` with true (unscaled) angles; used at boundary vertices."""
+        n_iter = jump_rounds(self.halfedge_tails, self.n_vertices)
+        return pointer_jump_sum(self._conn.corner_prev, self.corner_angles.ravel(),
                                 n_iter).reshape(-1, 3)
 
     @cached_quantity(gauge=True)

@@ -13,6 +13,7 @@ import numpy as np
 __all__ = [
     "corner_angles",
     "corner_cotans",
+    "corner_terms",
     "face_areas",
     "mollify_lengths",
 ]
@@ -45,24 +46,29 @@ def face_areas(l: np.ndarray) -> np.ndarray:
     return 0.25 * np.sqrt(np.maximum(prod, 0.0))
 
 
-def _corner_terms(l: np.ndarray) -> np.ndarray:
+def corner_terms(l: np.ndarray) -> np.ndarray:
     """``a^2 + b^2 - o^2`` per corner (twice the dot product of its two edge vectors)."""
     sq = l * l
     return sq + sq[:, _PREV] - sq[:, _NEXT]
 
 
-def corner_angles(l: np.ndarray, areas: np.ndarray) -> np.ndarray:
+def corner_angles(l: np.ndarray, areas: np.ndarray, terms: np.ndarray | None = None
+                  ) -> np.ndarray:
     """Interior angles ``theta[f, c]`` at each corner, ``atan2(4 A, a^2 + b^2 - o^2)``.
+
+    ``terms`` may pass precomputed :func:`corner_terms`.
 
     Returns
     -------
     (F, 3) ndarray
         Angles in ``[0, pi]``; they sum to ``pi`` per face.
     """
-    return np.arctan2(4.0 * areas[:, None], _corner_terms(l))
+    t = corner_terms(l) if terms is None else terms
+    return np.arctan2(4.0 * areas[:, None], t)
 
 
-def corner_cotans(l: np.ndarray, areas: np.ndarray) -> np.ndarray:
+def corner_cotans(l: np.ndarray, areas: np.ndarray, terms: np.ndarray | None = None
+                  ) -> np.ndarray:
     """Cotangents of the corner angles, ``(a^2 + b^2 - o^2) / (4 A)``.
 
     Returns
@@ -70,7 +76,8 @@ def corner_cotans(l: np.ndarray, areas: np.ndarray) -> np.ndarray:
     (F, 3) ndarray
         Finite wherever the area is positive (see :func:`mollify_lengths`).
     """
-    return _corner_terms(l) / (4.0 * areas[:, None])
+    t = corner_terms(l) if terms is None else terms
+    return t / (4.0 * areas[:, None])
 
 
 def mollify_lengths(l: np.ndarray, factor: float) -> tuple[np.ndarray, float]:

@@ -116,19 +116,38 @@ def _match(faces: np.ndarray, n_vertices: int):
     lo = np.minimum(tail, tip)
     hi = np.maximum(tail, tip)
     key = lo * np.int64(n_vertices) + hi
-    order = np.argsort(key)
-    sk = key[order]
     nh = key.shape[0]
+    # halfedges of one edge share ``key``; ``(lo, hi)`` order makes edges lexicographic
+    idx_bits = max(1, int(nh - 1).bit_length())
+    key_bits = max(1, int(n_vertices * n_vertices).bit_length())
+    if idx_bits + key_bits + 1 <= 62:
+        # sort (key, direction bit, index) packed in one int64: a plain sort is ~3x faster
+        # than argsort and the directions come out sorted along, without random gathers
+        fwd = (tail < tip).astype(np.int64)
+        packed = np.sort((((key << 1) | fwd) << idx_bits) | np.arange(nh, dtype=np.int64))
+        order = packed & ((1 << idx_bits) - 1)
+        sdir = (packed >> idx_bits) & 1
+        sk = packed >> (idx_bits + 1)
+    else:
+        order = np.argsort(key)
+        sk = key[order]
+        sdir = (tail < tip)[order].astype(np.int64)
     start = np.empty(nh, dtype=bool)
     start[0] = True
     np.not_equal(sk[1:], sk[:-1], out=start[1:])
     starts = np.flatnonzero(start)
-    sizes = np.diff(np.append(starts, nh))
     twin = np.full(nh, -1, dtype=np.int64)
-    pair_pos = starts[sizes == 2]
-    h1 = order[pair_pos]
-    h2 = order[pair_pos + 1]
-    opposite = tail[h1] != tail[h2]
+    if 2 * starts.size == nh and np.array_equal(sk[0::2], sk[1::2]):
+        # every edge has exactly two halfedges (closed mesh): pairs are adjacent
+        sizes = np.full(starts.size, 2, dtype=np.int64)
+        h1, h2 = order[0::2], order[1::2]
+        opposite = sdir[0::2] != sdir[1::2]
+    else:
+        sizes = np.diff(np.append(starts, nh))
+        pair_pos = starts[sizes == 2]
+        h1 = order[pair_pos]
+        h2 = order[pair_pos + 1]
+        opposite = sdir[pair_pos] != sdir[pair_pos + 1]
     twin[h1[opposite]] = h2[opposite]
     twin[h2[opposite]] = h1[opposite]
     same = np.stack([h1[~opposite], h2[~opposite]], axis=1)

@@ -2,10 +2,12 @@
 
 On a mesh the gradient at vertex ``i`` is the area-weighted mean of the gradients of the
 linear interpolant on the faces around ``i``, each rotated from its face's flat layout into
-the frame of ``i``. The rotation maps the corner's bisector (true angle ``theta / 2`` from the
-corner's first edge) to its rescaled bisector (``phi + theta~ / 2``), so it is exact wherever
-the angle sum is ``2 pi`` (interior) or ``pi`` (straight boundary), i.e. on flat domains, and it
-depends only on the connection's angular coordinates (no positions needed: intrinsic meshes work).
+the frame of ``i``. At an interior vertex the rotation maps the corner's bisector (true angle
+``theta / 2`` from the corner's first edge) to its rescaled bisector (``phi + theta~ / 2``): it
+is symmetric, independent of the reference edge, and exact where the angle sum is ``2 pi``. At a
+boundary vertex the fan does not close, so true angles are accumulated from the boundary
+reference edge (the frame of :attr:`Surface.frames`): exact at every boundary vertex of a flat
+mesh, corners included. Only edge lengths are read, so intrinsic meshes work too.
 
 On a point cloud it is the least-squares gradient of the first-order Taylor model over the kNN
 neighbourhood in the tangent plane (exact for linear functions on planar clouds).
@@ -45,7 +47,7 @@ def gradient_matrix(domain: Any) -> sp.csr_matrix:
     >>> import manifoldmp as mmp
     >>> S = mmp.meshes.flat_grid(6, 6)
     >>> g = mmp.gradient(S, S.vertices[:, 0])  # d/dx: unit vector along x
-    >>> bool(np.allclose(np.abs(g[~S.is_boundary_vertex]), 1.0))
+    >>> bool(np.allclose(np.abs(g), 1.0))
     True
     """
     _check_domain(domain)
@@ -99,13 +101,15 @@ def mesh_gradient_matrix(surface: Any) -> sp.csr_matrix:
     theta = surface.corner_angles
     theta_r = surface.rescaled_corner_angles
     phi = surface.halfedge_angles
+    bnd = surface.is_boundary_vertex
+    phi_true = surface._corner_phi_start_true - surface.gauge[f]
     m = surface.vertex_areas
     rows, cols, vals = [], [], []
     for c in range(3):
         i, j, k = f[:, c], f[:, (c + 1) % 3], f[:, (c + 2) % 3]
         pj = l[:, c].astype(np.complex128)  # j in the corner's layout
         pk = l[:, (c + 2) % 3] * np.exp(1j * theta[:, c])  # k in the corner's layout
-        psi = phi[:, c] + 0.5 * (theta_r[:, c] - theta[:, c])
+        psi = np.where(bnd[i], phi_true[:, c], phi[:, c] + 0.5 * (theta_r[:, c] - theta[:, c]))
         # (A_f / 3) / m_i * e^{i psi} * i / (2 A_f) = e^{i psi} i / (6 m_i)
         s = np.exp(1j * psi) * 1j / (6.0 * np.maximum(m[i], 1e-300))
         rows += [i, i, i]
