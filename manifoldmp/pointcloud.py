@@ -22,6 +22,7 @@ from scipy.spatial import cKDTree
 
 from manifoldmp._cache import cached_quantity
 from manifoldmp.errors import MeshError
+from manifoldmp.geometry.frames import tangent_frames
 from manifoldmp.mesh.validate import (
     validate_int,
     validate_positions,
@@ -32,10 +33,6 @@ from manifoldmp.mesh.validate import (
 __all__ = ["PointCloud"]
 
 logger = logging.getLogger(__name__)
-
-
-def _wrap(angle: np.ndarray) -> np.ndarray:
-    return np.pi - np.mod(np.pi - angle, 2.0 * np.pi)
 
 
 def _rotate_min(v: np.ndarray, n_from: np.ndarray, n_to: np.ndarray) -> np.ndarray:
@@ -224,21 +221,8 @@ class PointCloud:
         ``e1`` is the direction to the nearest neighbour projected onto the tangent plane,
         rotated by the gauge; ``e2 = n x e1``.
         """
-        n = self.normals
         ref = self._points[self.neighbors[:, 0]] - self._points
-        ref = ref - np.einsum("ij,ij->i", ref, n)[:, None] * n
-        norm = np.linalg.norm(ref, axis=1)
-        bad = norm < 1e-14
-        if bad.any():
-            alt = np.where(np.abs(n[bad, :1]) < 0.9, [[1.0, 0, 0]], [[0, 1.0, 0]])
-            alt = alt - np.einsum("ij,ij->i", alt, n[bad])[:, None] * n[bad]
-            ref[bad] = alt
-            norm[bad] = np.linalg.norm(alt, axis=1)
-        e1 = ref / norm[:, None]
-        e2 = np.cross(n, e1)
-        ca, sa = np.cos(self._gauge)[:, None], np.sin(self._gauge)[:, None]
-        e1r = ca * e1 + sa * e2
-        return np.stack([e1r, np.cross(n, e1r), n], axis=1)
+        return tangent_frames(self.normals, ref, self._gauge, 1e-14)
 
     @cached_quantity
     def _robust(self) -> tuple[sp.csr_matrix, np.ndarray]:

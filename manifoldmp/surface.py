@@ -13,6 +13,7 @@ from scipy.sparse import csgraph
 
 from manifoldmp._cache import cached_quantity
 from manifoldmp.errors import MeshError, ParameterError
+from manifoldmp.geometry.frames import tangent_frames, wrap_angle
 from manifoldmp.geometry.intrinsic import (
     corner_angles,
     corner_cotans,
@@ -41,9 +42,7 @@ logger = logging.getLogger(__name__)
 _NEXT = np.array([1, 2, 0])
 
 
-def _wrap(angle: np.ndarray) -> np.ndarray:
-    """Wrap angles to ``(-pi, pi]``."""
-    return np.pi - np.mod(np.pi - angle, 2.0 * np.pi)
+_wrap = wrap_angle
 
 
 class Surface:
@@ -605,24 +604,11 @@ class Surface:
         ``x e1 + y e2`` has type-1 coordinate ``x + iy``.
         """
         p = self._require_embedding("frames")
-        n = self.vertex_normals
         root = np.flatnonzero(self._conn.corner_prev < 0)
         ref = np.zeros((self.n_vertices, 3))
         ref[self.halfedge_tails[root]] = p[self.halfedge_tips[root]] - p[self.halfedge_tails[root]]
-        ref -= np.einsum("ij,ij->i", ref, n)[:, None] * n
-        norm = np.linalg.norm(ref, axis=1)
-        bad = norm <= 1e-14 * max(self.mean_edge_length, 1e-300)
-        if bad.any():  # degenerate reference edge: any unit vector orthogonal to n
-            alt = np.where(np.abs(n[bad, 0:1]) < 0.9, [[1.0, 0, 0]], [[0, 1.0, 0]])
-            alt -= np.einsum("ij,ij->i", alt, n[bad])[:, None] * n[bad]
-            ref[bad] = alt
-            norm[bad] = np.linalg.norm(alt, axis=1)
-        e1 = ref / norm[:, None]
-        e2 = np.cross(n, e1)
-        ca, sa = np.cos(self._gauge)[:, None], np.sin(self._gauge)[:, None]
-        e1r = ca * e1 + sa * e2
-        e2r = np.cross(n, e1r)
-        return np.stack([e1r, e2r, n], axis=1)
+        tol = 1e-14 * max(self.mean_edge_length, 1e-300)
+        return tangent_frames(self.vertex_normals, ref, self._gauge, tol)
 
     # ------------------------------------------------------------------ operator interface
     def _connection_data(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, bool]:
