@@ -189,7 +189,7 @@ class Surface:
         if not os.path.exists(path):
             raise FileNotFoundError(path)
         try:
-            # materials are not needed (and would pull in an image library for textures)
+            # materials are not needed; skipping them avoids decoding texture images
             mesh = trimesh.load(path, process=False, force="mesh", skip_materials=True)
         except Exception as exc:
             raise MeshError(f"could not read a triangle mesh from {path!r}: {exc}") from exc
