@@ -42,9 +42,6 @@ logger = logging.getLogger(__name__)
 _NEXT = np.array([1, 2, 0])
 
 
-_wrap = wrap_angle
-
-
 class Surface:
     """A triangle mesh with its intrinsic geometry, tangent gauge and discrete connection.
 
@@ -241,7 +238,7 @@ class Surface:
         tw = self._conn.twin
         flat = t.ravel()
         has = tw >= 0
-        err = np.abs(_wrap(flat[has] + flat[tw[has]]))
+        err = np.abs(wrap_angle(flat[has] + flat[tw[has]]))
         if err.size and err.max() > 1e-9:
             raise MeshError(
                 f"twist is not antisymmetric: halfedges {int(np.flatnonzero(has)[err.argmax()])} "
@@ -515,18 +512,23 @@ class Surface:
         return self.corner_angles * scale[self.faces]
 
     @cached_quantity
+    def _jump_rounds(self) -> int:
+        return jump_rounds(self.halfedge_tails, self.n_vertices)
+
+    def _fan_prefix_sum(self, corner_values: np.ndarray) -> np.ndarray:
+        """(F, 3): sum of ``corner_values`` over the corners preceding each one in its fan."""
+        return pointer_jump_sum(self._conn.corner_prev, corner_values.ravel(),
+                                self._jump_rounds).reshape(-1, 3)
+
+    @cached_quantity
     def _corner_phi_start(self) -> np.ndarray:
         """Angular coordinate of each corner's start direction in the reference gauge."""
-        n_iter = jump_rounds(self.halfedge_tails, self.n_vertices)
-        return pointer_jump_sum(self._conn.corner_prev, self.rescaled_corner_angles.ravel(),
-                                n_iter).reshape(-1, 3)
+        return self._fan_prefix_sum(self.rescaled_corner_angles)
 
     @cached_quantity
     def _corner_phi_start_true(self) -> np.ndarray:
         """Like ``_corner_phi_start`` with true (unscaled) angles; used at boundary vertices."""
-        n_iter = jump_rounds(self.halfedge_tails, self.n_vertices)
-        return pointer_jump_sum(self._conn.corner_prev, self.corner_angles.ravel(),
-                                n_iter).reshape(-1, 3)
+        return self._fan_prefix_sum(self.corner_angles)
 
     @cached_quantity(gauge=True)
     def halfedge_angles(self) -> np.ndarray:
@@ -549,7 +551,7 @@ class Surface:
         rho = phi_end[:, _NEXT] - phi + np.pi
         if self._twist is not None:
             rho = rho + self._twist
-        return _wrap(rho)
+        return wrap_angle(rho)
 
     @cached_quantity(gauge=True)
     def edge_transport_angles(self) -> np.ndarray:
@@ -562,7 +564,7 @@ class Surface:
 
         Equals ``sum of rescaled angles - pi`` (THEORY.md 1.6); gauge-invariant.
         """
-        return _wrap(self.transport_angles.sum(axis=1))
+        return wrap_angle(self.transport_angles.sum(axis=1))
 
     # ------------------------------------------------------------------ embedded geometry
     def _require_embedding(self, what: str) -> np.ndarray:

@@ -313,6 +313,7 @@ def build_connectivity(faces: np.ndarray, n_vertices: int) -> Connectivity:
             remap[vertex_origin] = np.arange(vertex_origin.size)
             faces = remap[faces]
         n_out = int(vertex_origin.size)
+        repairs["unreferenced_vertices_dropped"] = n_vertices - n_out
     else:
         nh = twin.shape[0]
         link = prev >= 0
@@ -330,13 +331,13 @@ def build_connectivity(faces: np.ndarray, n_vertices: int) -> Connectivity:
         vertex_origin[fan] = faces.ravel()
         n_used = np.unique(vertex_origin).size
         repairs["vertices_split"] = int(n_fans - n_used)
+        repairs["unreferenced_vertices_dropped"] = int(n_vertices - n_used)
         faces = fan.reshape(-1, 3).astype(np.int64)
         n_out = int(n_fans)
         prev, ok = _fans(faces, n_out, twin)
         if not ok:  # pragma: no cover - fans are single by construction
             raise MeshError("internal error: vertex fans are not single after splitting")
         clean = False
-    repairs["unreferenced_vertices_dropped"] = int(n_vertices - np.unique(vertex_origin).size)
 
     if clean:
         # one edge per key group, already in (min, max) order; vertex renumbering above is
