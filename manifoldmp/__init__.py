@@ -14,11 +14,14 @@ from manifoldmp.operators import (
     to_torch_sparse,
 )
 from manifoldmp.pointcloud import PointCloud
+from manifoldmp.spectral import EigenSolverError, HeatKernel, generalized_eigsh, heat_diffuse
 from manifoldmp.surface import Surface
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "EigenSolverError",
+    "HeatKernel",
     "ManifoldmpError",
     "MeshError",
     "ParameterError",
@@ -30,8 +33,10 @@ __all__ = [
     "connection_laplacian",
     "divergence",
     "divergence_matrix",
+    "generalized_eigsh",
     "gradient",
     "gradient_matrix",
+    "heat_diffuse",
     "mass_matrix",
     "mesh",
     "meshes",

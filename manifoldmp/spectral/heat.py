@@ -1,0 +1,452 @@
+"""Heat semigroup of a bundle operator: ``exp(-t (M^-1 L_n + kappa n^2))`` (THEORY.md 3.2, 3.3).
+
+:class:`HeatKernel` is the stateful solver (eigenpairs, factorizations and device copies are
+built on first use and kept); :func:`heat_diffuse` is the one-shot function beside it.
+
+Three methods, one semantics:
+
+``spectral``
+    ``Phi diag(exp(-t (lambda + kappa n^2))) Phi^H M x`` with the ``k`` smallest generalized
+    eigenpairs (:func:`~manifoldmp.spectral.eigen.generalized_eigsh`). Exact on the span of
+    ``Phi``; the discarded part is damped by at least ``exp(-t lambda_k)``
+    (:meth:`HeatKernel.truncation_bound`). With ``k = V`` it is exact.
+``krylov``
+    Lanczos on ``M^-1/2 L M^-1/2`` (:func:`~manifoldmp.spectral.krylov.lanczos_expm`), all
+    channels at once, in torch (runs wherever the tensors live, CUDA included), stopped at the
+    relative tolerance ``tol``.
+``implicit``
+    ``steps`` steps of an L-stable SDIRK scheme with one sparse LU of ``M + gamma tau L`` reused
+    by every stage, step and call with the same ``tau``
+    (:mod:`~manifoldmp.spectral.implicit`); its error is bounded by
+    :meth:`HeatKernel.implicit_error_bound`. Factorizations run on the CPU (SuperLU); CUDA
+    inputs are solved there and moved back.
+
+The Casimir factor ``exp(-t kappa n^2)`` commutes with everything and is applied exactly by all
+methods. Every method is differentiable in ``x`` and ``t`` through autograd: the backward pass
+of a heat application is a heat application (``grad_x = M H(t) M^-1 grad_y``, ``grad_t =
+-Re <grad_y, (A + kappa n^2) y>``), except the SDIRK schemes of order 2 and 3, which are
+differentiable in ``x`` only.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, Literal
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from manifoldmp.errors import ParameterError
+from manifoldmp.mesh.validate import validate_choice, validate_int, validate_positive
+from manifoldmp.operators.laplacian import _check_domain, connection_laplacian
+from manifoldmp.spectral.eigen import DENSE_LIMIT, EigenResult, generalized_eigsh
+from manifoldmp.spectral.implicit import SCHEMES, error_bound, factorize_shifted, sdirk_steps
+from manifoldmp.spectral.krylov import KrylovInfo, lanczos_expm
+
+__all__ = ["HeatKernel", "heat_diffuse"]
+
+log = logging.getLogger(__name__)
+
+Method = Literal["auto", "spectral", "krylov", "implicit"]
+METHODS = ("auto", "spectral", "krylov", "implicit")
+
+
+def _complex_of(real: torch.dtype) -> torch.dtype:
+    return torch.complex64 if real == torch.float32 else torch.complex128
+
+
+class HeatKernel:
+    """Stateful heat solver of the type-``n`` bundle operator of a domain.
+
+    Parameters
+    ----------
+    domain : Surface or PointCloud
+    n : int
+        SO(2) type; features are real for ``n = 0`` and complex otherwise.
+    method : {"auto", "spectral", "krylov", "implicit"}
+        ``auto`` picks per call (see :meth:`choose_method`) and logs its choice.
+    casimir : float
+        Non-negative Casimir coefficient ``kappa`` (THEORY.md 2.3).
+    k : int, optional
+        Number of eigenpairs of the spectral method (default ``min(V, 128)``; ``V`` for
+        ``V <= 2500``, where the dense solve is cheap and exact).
+    tol : float
+        Relative tolerance of the Krylov stopping rule and of the ``auto`` decision.
+    scheme : {"euler", "sdirk2", "sdirk3"}
+        Implicit scheme.
+    steps : int
+        Implicit steps per call (``tau = t / steps``).
+    device : torch.device or str, optional
+        Where the operators live and the work happens (default CPU).
+    dtype : torch.dtype
+        Real precision, ``torch.float64`` (default) or ``torch.float32``; complex work uses the
+        matching complex dtype. Inputs are cast to it.
+
+    Examples
+    --------
+    >>> import torch, manifoldmp as mmp
+    >>> S = mmp.meshes.icosphere(2)
+    >>> H = mmp.HeatKernel(S, method="krylov")
+    >>> u = H(torch.ones(S.n_vertices, 1, dtype=torch.float64), 0.1)
+    >>> float((u - 1).abs().max()) < 1e-10   # constants are stationary
+    True
+    """
+
+    def __init__(self, domain: Any, n: int = 0, *, method: Method = "auto", casimir: float = 0.0,
+                 k: int | None = None, tol: float = 1e-8, scheme: str = "sdirk2",
+                 steps: int = 1, device: Any = None, dtype: torch.dtype = torch.float64) -> None:
+        _check_domain(domain)
+        self.domain = domain
+        self.n = validate_int(n, "n")
+        self.method = validate_choice(method, "method", METHODS)
+        if isinstance(casimir, bool) or not isinstance(casimir, (int, float, np.floating)) \
+                or not math.isfinite(casimir) or casimir < 0:
+            raise ParameterError(f"casimir must be a finite number >= 0, got {casimir!r}")
+        self.casimir = float(casimir)
+        V = domain.n_vertices
+        if k is None:
+            k = V if V <= DENSE_LIMIT else min(V, 128)
+        self.k = validate_int(k, "k", minimum=1)
+        if self.k > V:
+            raise ParameterError(f"k must be at most the number of vertices {V}, got {self.k}")
+        self.tol = validate_positive(tol, "tol")
+        self.scheme = validate_choice(scheme, "scheme", tuple(SCHEMES))
+        self.steps = validate_int(steps, "steps", minimum=1)
+        if dtype not in (torch.float32, torch.float64):
+            raise ParameterError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+        self.dtype = dtype
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ParameterError("device='cuda' requested but torch has no CUDA device")
+        self._eig: EigenResult | None = None
+        self._eig_t: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._L: sp.csr_matrix | None = None
+        self._torch_B: torch.Tensor | None = None
+        self._factors: dict[float, Any] = {}
+        self._cpu_B: dict[torch.dtype, sp.csr_matrix] = {}
+        self.last_method: str | None = None
+        self.last_krylov: KrylovInfo | None = None
+
+    # ------------------------------------------------------------------ lazy state
+    @property
+    def n_vertices(self) -> int:
+        """Number of vertices ``V`` of the domain."""
+        return int(self.domain.n_vertices)
+
+    @property
+    def mass(self) -> np.ndarray:
+        """``(V,)`` lumped masses (float64 numpy)."""
+        return np.asarray(self.domain._mass(), dtype=np.float64)
+
+    @property
+    def laplacian(self) -> sp.csr_matrix:
+        """``(V, V)`` weak connection Laplacian ``L_n`` (scipy, float64/complex128)."""
+        if self._L is None:
+            self._L = connection_laplacian(self.domain, self.n)
+        return self._L
+
+    @property
+    def feature_dtype(self) -> torch.dtype:
+        """Dtype of the features of this type: real for ``n = 0``, complex otherwise."""
+        return self.dtype if self.n == 0 else _complex_of(self.dtype)
+
+    def _mass_t(self) -> torch.Tensor:
+        return torch.tensor(self.mass, dtype=self.dtype, device=self.device)
+
+    @property
+    def casimir_shift(self) -> float:
+        """``kappa n^2``: the constant added to every eigenvalue."""
+        return self.casimir * self.n * self.n
+
+    def spectral_bound(self) -> float:
+        """Gershgorin bound ``max_i sum_j |L_ij| / m_i`` of the spectrum of ``M^-1 L_n``."""
+        rows = np.asarray(abs(self.laplacian).sum(axis=1)).ravel()
+        return float(np.max(rows / self.mass))
+
+    def eigenpairs(self, *, as_torch: bool = False) -> tuple[Any, Any]:
+        """The ``k`` smallest generalized eigenpairs of ``(L_n, M)`` (computed once, cached).
+
+        Returns
+        -------
+        eigenvalues : (k,) ndarray or Tensor
+            Ascending, of ``L_n`` (without the Casimir shift).
+        eigenvectors : (V, k) ndarray or Tensor
+            ``M``-orthonormal (``Phi^H M Phi = I``).
+        """
+        if self._eig is None:
+            self._eig = generalized_eigsh(self.laplacian, self.mass, self.k)
+            log.info("heat kernel n=%d: %d eigenpairs, max residual %.1e", self.n, self.k,
+                     float(np.max(self._eig.residuals)))
+        if not as_torch:
+            return self._eig.eigenvalues, self._eig.eigenvectors
+        if self._eig_t is None:
+            lam = torch.as_tensor(self._eig.eigenvalues, dtype=self.dtype, device=self.device)
+            phi = torch.as_tensor(self._eig.eigenvectors, device=self.device)
+            self._eig_t = (lam, phi.to(self.feature_dtype))
+        return self._eig_t
+
+    def truncation_bound(self, t: float) -> float:
+        """Relative bound ``exp(-t (lambda_k + kappa n^2))`` on what the spectral method drops.
+
+        For any ``x`` the spectral result differs from the exact semigroup by
+        ``exp(-t A) (I - Phi Phi^H M) x``, whose ``M``-norm is at most this number times
+        ``||(I - Phi Phi^H M) x||_M`` (zero when ``k = V``).
+        """
+        lam, _ = self.eigenpairs()
+        if self.k == self.n_vertices:
+            return 0.0
+        return float(math.exp(-t * (lam[-1] + self.casimir_shift)))
+
+    def implicit_error_bound(self, t: float) -> float:
+        """Bound on ``||u_implicit - u_exact||_M / ||x||_M`` for time ``t`` (implicit module)."""
+        return error_bound(float(t), self.steps, self.scheme, self.spectral_bound())
+
+    def _apply_B(self, X: torch.Tensor) -> torch.Tensor:
+        """``M^-1/2 L M^-1/2 X`` for ``X : (V, C)`` on the solver's device."""
+        if X.device.type == "cpu":
+            s = 1.0 / np.sqrt(self.mass)
+            B = self._cpu_B.get(X.dtype)
+            if B is None:
+                npd = np.complex128 if self.n else np.float64
+                if X.dtype in (torch.float32, torch.complex64):
+                    npd = np.complex64 if self.n else np.float32
+                B = (sp.diags(s) @ self.laplacian @ sp.diags(s)).tocsr().astype(npd)
+                self._cpu_B[X.dtype] = B
+            out = B @ X.detach().numpy()
+            return torch.from_numpy(np.ascontiguousarray(out)).to(X.dtype)
+        if self._torch_B is None or self._torch_B.dtype != X.dtype:
+            from manifoldmp.operators.sparse import to_torch_sparse
+            s = 1.0 / np.sqrt(self.mass)
+            B = (sp.diags(s) @ self.laplacian @ sp.diags(s)).tocsr()
+            self._torch_B = to_torch_sparse(B, device=X.device).to(X.dtype)
+        return torch.sparse.mm(self._torch_B, X) if self._torch_B.layout == torch.sparse_coo \
+            else self._torch_B @ X
+
+    # ------------------------------------------------------------------ methods
+    def choose_method(self, t: torch.Tensor) -> str:
+        """The method ``auto`` uses for times ``t`` (and why, in the log).
+
+        Spectral when the eigenpairs are exact (``k = V``, small problems) or already computed
+        and ``exp(-t_min lambda_k)`` is below ``tol`` (long times: few modes survive);
+        otherwise Krylov, which needs no precomputation and whose cost grows only like
+        ``sqrt(t ||A||)``.
+        """
+        if self.method != "auto":
+            return self.method
+        tmin = float(t.min()) if t.numel() else 0.0
+        if self.k == self.n_vertices:
+            choice, why = "spectral", f"k = V = {self.k}: the eigenbasis is exact"
+        elif self._eig is not None and self.truncation_bound(tmin) <= self.tol:
+            choice, why = "spectral", (f"cached eigenpairs, truncation bound "
+                                       f"{self.truncation_bound(tmin):.1e} <= tol")
+        else:
+            choice, why = "krylov", "no exact/cached eigenbasis covers t at this tolerance"
+        log.info("HeatKernel(method='auto') picked %s: %s", choice, why)
+        return choice
+
+    def _check_x(self, x: Any) -> tuple[torch.Tensor, bool, bool, Any]:
+        was_numpy = not isinstance(x, torch.Tensor)
+        if was_numpy:
+            x = torch.as_tensor(np.asarray(x))
+        squeeze = x.dim() == 1
+        if squeeze:
+            x = x[:, None]
+        if x.dim() != 2 or x.shape[0] != self.n_vertices:
+            raise ParameterError(
+                f"x must have shape (V,) or (V, C) with V = {self.n_vertices}, got "
+                f"{tuple(x.shape)}")
+        if self.n != 0 and not x.is_complex():
+            raise ParameterError(
+                f"type-{self.n} features are complex (one complex number per vertex and "
+                f"channel); got real dtype {x.dtype}")
+        in_dtype = x.dtype
+        target = _complex_of(self.dtype) if x.is_complex() else self.dtype
+        x = x.to(device=self.device, dtype=target)
+        if not bool(torch.isfinite(torch.view_as_real(x) if x.is_complex() else x).all()):
+            raise ParameterError("x contains NaN or infinite values")
+        return x, squeeze, was_numpy, in_dtype
+
+    def _check_t(self, t: Any, C: int) -> torch.Tensor:
+        tt = t if isinstance(t, torch.Tensor) else torch.as_tensor(np.asarray(t, dtype=float))
+        tt = tt.to(device=self.device, dtype=self.dtype)
+        if tt.dim() == 0:
+            tt = tt.expand(C)
+        elif tt.shape != (C,):
+            raise ParameterError(f"t must be a scalar or have one time per channel ({C},), got "
+                                 f"shape {tuple(tt.shape)}")
+        if not bool(torch.isfinite(tt).all()) or bool((tt < 0).any()):
+            raise ParameterError(f"t must be finite and >= 0, got {tt.detach().cpu().numpy()}")
+        return tt
+
+    def __call__(self, x: Any, t: Any) -> Any:
+        """Apply the semigroup: ``exp(-t (M^-1 L_n + kappa n^2)) x``.
+
+        Parameters
+        ----------
+        x : (V,) or (V, C) Tensor or ndarray
+            Real for ``n = 0`` (complex accepted: real and imaginary parts diffuse
+            independently), complex for ``n != 0``.
+        t : float or (C,) Tensor
+            One time, or one per channel; ``>= 0``. A tensor with ``requires_grad`` gets
+            gradients.
+
+        Returns
+        -------
+        (V,) or (V, C) Tensor or ndarray
+            Same kind and shape as ``x``, in the solver's precision.
+        """
+        x, squeeze, was_numpy, _ = self._check_x(x)
+        C = x.shape[1]
+        tt = self._check_t(t, C)
+        method = self.choose_method(tt.detach())
+        self.last_method = method
+        if method == "spectral":
+            y = self._spectral(x, tt)
+        elif method == "krylov":
+            y = _HeatFunction.apply(x, tt, self, "krylov")
+        else:
+            if tt.requires_grad and self.scheme != "euler":
+                raise ParameterError(
+                    f"the implicit scheme {self.scheme!r} is not differentiable in t; use "
+                    "scheme='euler', method='spectral' or method='krylov'")
+            y = _HeatFunction.apply(x, tt, self, "implicit")
+        if self.casimir_shift:
+            y = y * torch.exp(-tt * self.casimir_shift).to(y.dtype)
+        if squeeze:
+            y = y[:, 0]
+        if was_numpy:
+            return y.detach().cpu().numpy()
+        return y
+
+    def _spectral(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        lam, phi = self.eigenpairs(as_torch=True)
+        if x.is_complex() and not phi.is_complex():
+            phi = phi.to(x.dtype)
+        m = self._mass_t()
+        coef = phi.conj().T @ (m[:, None].to(x.dtype) * x)   # (k, C)
+        decay = torch.exp(-lam[:, None] * t[None, :])        # (k, C)
+        return phi @ (coef * decay.to(coef.dtype))
+
+    def _raw(self, x: torch.Tensor, t: torch.Tensor, method: str) -> torch.Tensor:
+        """Semigroup without autograd, without Casimir factor."""
+        if method == "krylov":
+            s = torch.as_tensor(np.sqrt(self.mass), dtype=self.dtype, device=x.device)
+            z = s[:, None].to(x.dtype) * x
+            y, info = lanczos_expm(self._apply_B, z, t, tol=self.tol)
+            self.last_krylov = info
+            return y / s[:, None].to(x.dtype)
+        return self._implicit(x, t)
+
+    def _factor(self, coef: float) -> Any:
+        lu = self._factors.get(coef)
+        if lu is None:
+            lu = factorize_shifted(self.laplacian, self.mass, coef)
+            self._factors[coef] = lu
+        return lu
+
+    def _resolvent(self, v: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+        """``(I + tau_c A)^-1 v_c = (M + tau_c L)^-1 M v_c`` per column (CPU factorization)."""
+        vn = v.detach().cpu().numpy().astype(np.complex128 if v.is_complex() else np.float64)
+        out = vn.copy()
+        tn = tau.detach().cpu().numpy().astype(np.float64)
+        for tv in np.unique(tn):
+            if tv == 0:
+                continue
+            cols = np.flatnonzero(tn == tv)
+            rhs = self.mass[:, None] * vn[:, cols]
+            out[:, cols] = self._factor(float(tv)).solve(np.asfortranarray(rhs))
+        return torch.from_numpy(np.ascontiguousarray(out)).to(device=v.device, dtype=v.dtype)
+
+    def _implicit(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        gamma = SCHEMES[self.scheme][0]
+        xn = x.detach().cpu().numpy().astype(np.complex128 if x.is_complex() else np.float64)
+        out = np.empty_like(xn)
+        L = self.laplacian
+        tn = t.detach().cpu().numpy().astype(np.float64)
+        for tv in np.unique(tn):
+            cols = np.flatnonzero(tn == tv)
+            if tv == 0:
+                out[:, cols] = xn[:, cols]
+                continue
+            tau = float(tv) / self.steps
+            lu = self._factor(gamma * tau)
+            out[:, cols] = sdirk_steps(xn[:, cols], self.scheme, tau, self.steps,
+                                       lambda u: L @ u,
+                                       lambda r, lu=lu: lu.solve(np.asfortranarray(r)))
+        return torch.from_numpy(np.ascontiguousarray(out)).to(device=x.device, dtype=x.dtype)
+
+    def _apply_A(self, y: torch.Tensor) -> torch.Tensor:
+        """``M^-1 L y`` (strong operator) for ``y : (V, C)``."""
+        r = torch.as_tensor(np.sqrt(self.mass), dtype=self.dtype, device=y.device)[:, None]
+        return self._apply_B(r.to(y.dtype) * y) / r.to(y.dtype)  # M^-1/2 B M^1/2 y
+
+    def kernel(self, j: int, t: float) -> np.ndarray:
+        """Heat kernel ``k_t(., j)`` with respect to the area measure (THEORY.md 1.5).
+
+        ``k_t(i, j) = [exp(-t A)]_{ij} / m_j``; for ``n != 0`` it is the transport-weighted
+        kernel in the frame of ``i`` (from frame ``j``).
+
+        Returns
+        -------
+        (V,) ndarray (real for n = 0, complex otherwise)
+        """
+        j = self.domain.check_index(j, "j") if hasattr(self.domain, "check_index") else int(j)
+        e = np.zeros((self.n_vertices, 1), dtype=np.complex128 if self.n else np.float64)
+        e[j, 0] = 1.0
+        col = np.asarray(self(e, float(t)))[:, 0]
+        return col / self.mass[j]
+
+
+class _HeatFunction(torch.autograd.Function):
+    """Autograd of a heat application whose forward runs outside the graph."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, t: torch.Tensor, solver: HeatKernel,
+                method: str) -> torch.Tensor:
+        with torch.no_grad():
+            y = solver._raw(x, t, method)
+        ctx.solver, ctx.method = solver, method
+        ctx.save_for_backward(y, t)
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[Any, ...]:
+        y, t = ctx.saved_tensors
+        solver, method = ctx.solver, ctx.method
+        gx = gt = None
+        with torch.no_grad():
+            if ctx.needs_input_grad[0]:
+                m = solver._mass_t().to(g.device)[:, None].to(g.dtype)
+                gx = m * solver._raw(g / m, t, method)
+            if ctx.needs_input_grad[1]:
+                Ay = solver._apply_A(y)
+                if method == "implicit":  # backward Euler: d/dt R(tA/m)^m x = -(I + tau A)^-1 A y
+                    Ay = solver._resolvent(Ay, t / solver.steps)
+                prod = g.conj() * Ay
+                gt = -torch.real(prod).sum(dim=0) if prod.is_complex() else -prod.sum(dim=0)
+                gt = gt.to(t.dtype)
+        return gx, gt, None, None
+
+
+def heat_diffuse(domain: Any, x: Any, t: Any, *, n: int = 0, method: Method = "auto",
+                 **options: Any) -> Any:
+    """One-shot heat application ``exp(-t (M^-1 L_n + kappa n^2)) x`` (see :class:`HeatKernel`).
+
+    Parameters
+    ----------
+    domain : Surface or PointCloud
+    x : (V,) or (V, C) Tensor or ndarray
+    t : float or (C,) Tensor
+    n : int
+    method : {"auto", "spectral", "krylov", "implicit"}
+    **options
+        Passed to :class:`HeatKernel` (``casimir``, ``k``, ``tol``, ``scheme``, ``steps``,
+        ``device``, ``dtype``).
+
+    Returns
+    -------
+    Same kind and shape as ``x``.
+    """
+    return HeatKernel(domain, n, method=method, **options)(x, t)

@@ -1,0 +1,198 @@
+"""Lanczos approximation of ``exp(-t B) z`` for a symmetric/Hermitian operator ``B``, in torch.
+
+The heat semigroup of the pencil ``(L, M)`` with diagonal ``M`` is
+``exp(-t M^-1 L) x = M^-1/2 exp(-t B) M^1/2 x`` with ``B = M^-1/2 L M^-1/2``, so it suffices to
+approximate ``exp(-t B) z``. Every column ``z_c`` gets its own Krylov space (its own
+tridiagonal ``T_c``), and all columns advance together: one step is one sparse product with a
+``(V, C)`` block. The columns may carry different times ``t_c``.
+
+Stopping rule (Saad 1992, "Analysis of some Krylov subspace approximations to the matrix
+exponential operator", eq. 4.14): after ``m`` steps the error of column ``c`` is estimated by
+``||z_c|| * beta_m * |e_m^T exp(-t_c T_m) e_1|``; iteration stops when every estimate is at most
+``tol * ||y_c||`` with ``y_c`` the current approximation (a relative tolerance on the output, in
+the ``M``-norm of the original problem). No re-orthogonalization is done: for functions like the
+exponential the Lanczos approximation keeps its accuracy when orthogonality is lost
+(Druskin, Greenbaum and Knizhnerman 1998). No dense ``V x V`` matrix is ever formed.
+
+Memory: the basis is kept (``m`` blocks of ``(V, C)``) while it fits in ``max_basis_bytes``;
+beyond that the method runs a second Lanczos pass that regenerates the basis instead of storing
+it (twice the products, three blocks of memory).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from manifoldmp.errors import ManifoldmpError
+
+__all__ = ["KrylovInfo", "KrylovNotConverged", "lanczos_expm"]
+
+log = logging.getLogger(__name__)
+
+
+class KrylovNotConverged(ManifoldmpError):
+    """The Lanczos iteration reached ``max_steps`` before meeting its tolerance."""
+
+
+@dataclass(frozen=True)
+class KrylovInfo:
+    """What one call of :func:`lanczos_expm` did.
+
+    Attributes
+    ----------
+    steps : int
+        Lanczos steps (sparse block products) of the first pass.
+    products : int
+        Total sparse block products (``2 * steps`` when the basis was regenerated).
+    error_estimate : float
+        Largest relative error estimate over the columns at exit.
+    stored_basis : bool
+        Whether the basis was kept in memory (one pass) or regenerated (two passes).
+    """
+
+    steps: int
+    products: int
+    error_estimate: float
+    stored_basis: bool
+
+
+def _expm_tridiag(alpha: torch.Tensor, beta: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """``exp(-t_c T_c) e_1`` for the batch of symmetric tridiagonals ``T_c``.
+
+    Parameters
+    ----------
+    alpha : (m, C) real tensor
+        Diagonals.
+    beta : (m - 1, C) real tensor
+        Off-diagonals.
+    t : (C,) real tensor
+
+    Returns
+    -------
+    (m, C) real tensor
+    """
+    m = alpha.shape[0]
+    T = torch.diag_embed(alpha.T)  # (C, m, m)
+    if m > 1:
+        idx = torch.arange(m - 1, device=alpha.device)
+        T[:, idx, idx + 1] = beta.T
+        T[:, idx + 1, idx] = beta.T
+    theta, U = torch.linalg.eigh(T)  # (C, m), (C, m, m)
+    # shift by the smallest Ritz value so that exp never overflows; undo afterwards
+    shift = theta[:, :1]
+    w = torch.exp(-t[:, None] * (theta - shift)) * U[:, 0, :]  # (C, m)
+    coef = torch.einsum("cij,cj->ci", U, w) * torch.exp(-t[:, None] * shift)
+    return coef.T.contiguous()
+
+
+def lanczos_expm(apply_B: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor,
+                 t: torch.Tensor, *, tol: float = 1e-10, max_steps: int = 1000,
+                 check_every: int = 4, max_basis_bytes: int = 2**30
+                 ) -> tuple[torch.Tensor, KrylovInfo]:
+    """Approximate ``exp(-t_c B) z_c`` for every column ``c`` by the Lanczos method.
+
+    Parameters
+    ----------
+    apply_B : callable
+        ``X -> B X`` for ``X : (V, C)``; ``B`` Hermitian positive semidefinite (a shifted
+        spectrum is fine, negative eigenvalues are handled exactly but make the problem
+        harder).
+    z : (V, C) tensor
+        Real or complex starting block.
+    t : (C,) real tensor
+        One non-negative time per column.
+    tol : float
+        Relative tolerance of the stopping rule (module docstring).
+    max_steps : int
+        Upper bound on Lanczos steps; :class:`KrylovNotConverged` is raised beyond it.
+    check_every : int
+        Steps between evaluations of the error estimate.
+    max_basis_bytes : int
+        Largest basis kept in memory before switching to the two-pass scheme.
+
+    Returns
+    -------
+    y : (V, C) tensor
+        Same dtype and device as ``z``.
+    info : KrylovInfo
+    """
+    C = z.shape[1]
+    real = torch.float32 if z.dtype in (torch.float32, torch.complex64) else torch.float64
+    t = t.to(device=z.device, dtype=real).reshape(C)
+    norm0 = torch.linalg.vector_norm(z, dim=0).to(real)  # (C,)
+    safe = torch.where(norm0 > 0, norm0, torch.ones_like(norm0))
+    q = z / safe.to(z.dtype)
+    q_prev = torch.zeros_like(z)
+    beta_prev = torch.zeros(C, dtype=real, device=z.device)
+    alphas: list[torch.Tensor] = []
+    betas: list[torch.Tensor] = []
+    basis: list[torch.Tensor] | None = [q]
+    bytes_per = q.numel() * q.element_size()
+    coef = torch.zeros(1, C, dtype=real, device=z.device)
+    err = math.inf
+    steps = 0
+    converged = False
+    while steps < max_steps:
+        w = apply_B(q)
+        alpha = torch.real(torch.sum(q.conj() * w, dim=0)) if q.is_complex() \
+            else torch.sum(q * w, dim=0)
+        w = w - alpha.to(z.dtype) * q - beta_prev.to(z.dtype) * q_prev
+        beta = torch.linalg.vector_norm(w, dim=0).to(real)
+        alphas.append(alpha)
+        steps += 1
+        breakdown = bool(torch.all(beta <= 1e-14 * torch.abs(alpha).clamp_min(1e-300)))
+        if steps % check_every == 0 or breakdown or steps == max_steps:
+            a = torch.stack(alphas)
+            b = torch.stack(betas) if betas else a.new_zeros(0, C)
+            coef = _expm_tridiag(a, b, t)  # (m, C)
+            ynorm = torch.linalg.vector_norm(coef, dim=0)
+            est = beta * torch.abs(coef[-1])
+            rel = est / ynorm.clamp_min(torch.finfo(real).tiny)
+            rel = torch.where(norm0 > 0, rel, torch.zeros_like(rel))
+            err = float(rel.max())
+            if err <= tol or breakdown:
+                converged = True
+                break
+        betas.append(beta)
+        beta_safe = torch.where(beta > 0, beta, torch.ones_like(beta))
+        q_prev, q = q, w / beta_safe.to(z.dtype)
+        beta_prev = beta
+        if basis is not None:
+            if (len(basis) + 1) * bytes_per > max_basis_bytes:
+                basis = None
+            else:
+                basis.append(q)
+    if not converged:
+        raise KrylovNotConverged(
+            f"Lanczos did not reach tol={tol:.1e} in {max_steps} steps (estimate {err:.1e}); "
+            "raise max_steps, loosen tol, or use the spectral/implicit method for large t")
+    m = coef.shape[0]
+    scale = (coef * norm0[None, :]).to(z.dtype)  # (m, C)
+    products = steps
+    if basis is not None:
+        y = torch.zeros_like(z)
+        for j in range(m):
+            y = y + basis[j] * scale[j]
+    else:  # second pass: regenerate q_j with the stored coefficients
+        y = torch.zeros_like(z)
+        q = z / safe.to(z.dtype)
+        q_prev = torch.zeros_like(z)
+        for j in range(m):
+            y = y + q * scale[j]
+            if j == m - 1:
+                break
+            w = apply_B(q)
+            products += 1
+            w = w - alphas[j].to(z.dtype) * q
+            if j > 0:
+                w = w - betas[j - 1].to(z.dtype) * q_prev
+            bj = torch.where(betas[j] > 0, betas[j], torch.ones_like(betas[j]))
+            q_prev, q = q, w / bj.to(z.dtype)
+    log.debug("lanczos: %d steps, %d products, estimate %.1e, stored basis %s",
+              steps, products, err, basis is not None)
+    return y, KrylovInfo(steps, products, err, basis is not None)

@@ -1,0 +1,237 @@
+"""Heat semigroup: dense expm oracle, semigroup, conservation, gauge covariance, autograd."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.linalg as la
+import torch
+
+import manifoldmp as mmp
+from manifoldmp.errors import ParameterError
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+TIMES = [1e-4, 1e-2, 1.0]
+
+
+@pytest.fixture(scope="module")
+def sphere3() -> mmp.Surface:
+    return mmp.meshes.icosphere(3)
+
+
+@pytest.fixture(scope="module")
+def dense_ops(sphere3: mmp.Surface) -> dict[int, np.ndarray]:
+    m = sphere3.vertex_areas
+    return {n: mmp.connection_laplacian(sphere3, n).toarray() / m[:, None] for n in (0, 1, 2)}
+
+
+def _features(V: int, C: int, n: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((V, C))
+    return x + 1j * rng.standard_normal((V, C)) if n else x
+
+
+def _mnorm(x: np.ndarray, m: np.ndarray) -> float:
+    return float(np.sqrt(np.sum(m[:, None] * np.abs(x) ** 2)))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("n", [0, 1, 2])
+def test_krylov_and_spectral_match_dense_expm(sphere3: mmp.Surface, dense_ops: dict,
+                                              n: int, device: str) -> None:
+    x = _features(sphere3.n_vertices, 3, n)
+    kry = mmp.HeatKernel(sphere3, n, method="krylov", tol=1e-10, device=device)
+    spec = mmp.HeatKernel(sphere3, n, method="spectral", k=sphere3.n_vertices, device=device)
+    for t in TIMES:
+        ref = la.expm(-t * dense_ops[n]) @ x
+        for H, rtol in ((kry, 1e-8), (spec, 1e-10)):
+            y = H(torch.from_numpy(x).to(device), t).cpu().numpy()
+            assert np.linalg.norm(y - ref) / np.linalg.norm(ref) < rtol, (H.method, t)
+
+
+@pytest.mark.parametrize("scheme", ["euler", "sdirk2", "sdirk3"])
+@pytest.mark.parametrize("n", [0, 1, 2])
+def test_implicit_within_stated_error(sphere3: mmp.Surface, dense_ops: dict, n: int,
+                                      scheme: str) -> None:
+    m = sphere3.vertex_areas
+    x = _features(sphere3.n_vertices, 2, n)
+    for steps in (1, 8):
+        H = mmp.HeatKernel(sphere3, n, method="implicit", scheme=scheme, steps=steps)
+        for t in TIMES:
+            ref = la.expm(-t * dense_ops[n]) @ x
+            err = _mnorm(H(x, t) - ref, m) / _mnorm(x, m)
+            bound = H.implicit_error_bound(t)
+            assert err <= bound * (1 + 1e-6) + 1e-13, (scheme, steps, t, err, bound)
+
+
+def test_implicit_order_of_accuracy(sphere3: mmp.Surface, dense_ops: dict) -> None:
+    """Halving the step divides the error by 2^p (p = 1, 2, 3) on smooth data."""
+    x = np.asarray(sphere3.vertices[:, :1] * sphere3.vertices[:, 1:2])  # a degree-2 harmonic
+    ref = la.expm(-0.1 * dense_ops[0]) @ x
+    for scheme, p in (("euler", 1), ("sdirk2", 2), ("sdirk3", 3)):
+        errs = [np.linalg.norm(mmp.HeatKernel(sphere3, 0, method="implicit", scheme=scheme,
+                                              steps=s)(x, 0.1) - ref) for s in (4, 8)]
+        assert abs(np.log2(errs[0] / errs[1]) - p) < 0.25, (scheme, errs)
+
+
+@pytest.mark.parametrize("n", [0, 1])
+def test_float32_paths(sphere3: mmp.Surface, dense_ops: dict, n: int) -> None:
+    x = _features(sphere3.n_vertices, 2, n)
+    ref = la.expm(-1e-2 * dense_ops[n]) @ x
+    xt = torch.from_numpy(x).to(torch.complex64 if n else torch.float32)
+    for method, kw in (("krylov", {"tol": 1e-6}), ("spectral", {})):
+        H = mmp.HeatKernel(sphere3, n, method=method, dtype=torch.float32, **kw)
+        y = H(xt, 1e-2)
+        assert y.dtype == xt.dtype
+        assert np.linalg.norm(y.numpy() - ref) / np.linalg.norm(ref) < 1e-4
+
+
+@pytest.mark.parametrize("method", ["krylov", "spectral"])
+@pytest.mark.parametrize("n", [0, 2])
+def test_semigroup(sphere3: mmp.Surface, method: str, n: int) -> None:
+    # k < V: the truncated spectral operator is itself an exact semigroup
+    H = mmp.HeatKernel(sphere3, n, method=method, k=60, tol=1e-12)
+    x = torch.from_numpy(_features(sphere3.n_vertices, 2, n))
+    a = H(H(x, 0.013), 0.021)
+    b = H(x, 0.034)
+    assert torch.linalg.norm(a - b) / torch.linalg.norm(b) < 1e-10
+
+
+@pytest.mark.parametrize("method", ["krylov", "spectral", "implicit"])
+def test_mass_conservation_and_identity(sphere3: mmp.Surface, method: str) -> None:
+    H = mmp.HeatKernel(sphere3, 0, method=method)
+    m = torch.from_numpy(np.array(sphere3.vertex_areas))
+    x = torch.from_numpy(_features(sphere3.n_vertices, 3, 0))
+    y = H(x, 0.05)
+    np.testing.assert_allclose((m @ y).numpy(), (m @ x).numpy(), rtol=1e-10, atol=1e-10)
+    assert torch.allclose(H(x, 0.0), x, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("method", ["krylov", "spectral", "implicit"])
+@pytest.mark.parametrize("n", [1, 2, -3])
+def test_gauge_covariance(method: str, n: int, rng: np.random.Generator) -> None:
+    S = mmp.meshes.jittered_sphere(2)
+    alpha = rng.uniform(-np.pi, np.pi, S.n_vertices)
+    D = np.exp(-1j * n * alpha)[:, None]
+    x = _features(S.n_vertices, 2, n)
+    y = mmp.HeatKernel(S, n, method=method, tol=1e-12)(x, 0.03)
+    y2 = mmp.HeatKernel(S.regauge(alpha), n, method=method, tol=1e-12)(D * x, 0.03)
+    np.testing.assert_allclose(y2, D * y, atol=1e-10)
+
+
+def test_casimir_factor(sphere3: mmp.Surface) -> None:
+    m = sphere3.vertex_areas
+    x = _features(sphere3.n_vertices, 1, 2)
+    Lp = mmp.bundle_laplacian(sphere3, 2, casimir=0.7).toarray() / m[:, None]
+    ref = la.expm(-0.2 * Lp) @ x
+    for method in ("krylov", "spectral", "implicit"):
+        H = mmp.HeatKernel(sphere3, 2, method=method, casimir=0.7, tol=1e-12, scheme="sdirk3",
+                           steps=64)
+        tol = 1e-9 if method != "implicit" else 1e-5
+        assert np.linalg.norm(H(x, 0.2) - ref) / np.linalg.norm(ref) < tol
+
+
+def test_per_channel_times(sphere3: mmp.Surface, dense_ops: dict) -> None:
+    m = sphere3.vertex_areas
+    x = _features(sphere3.n_vertices, 3, 1)
+    t = torch.tensor([1e-3, 0.1, 0.0], dtype=torch.float64)
+    for method in ("krylov", "spectral", "implicit"):
+        H = mmp.HeatKernel(sphere3, 1, method=method, tol=1e-12, scheme="sdirk3", steps=32)
+        y = H(torch.from_numpy(x), t).numpy()
+        for c in range(3):
+            tc = float(t[c])
+            ref = la.expm(-tc * dense_ops[1]) @ x[:, c:c + 1]
+            err = _mnorm(y[:, c:c + 1] - ref, m)
+            if method == "implicit":
+                assert err <= H.implicit_error_bound(tc) * _mnorm(x[:, c:c + 1], m) + 1e-13
+            else:
+                assert err <= 1e-9 * _mnorm(ref, m)
+
+
+@pytest.mark.parametrize("method,kw", [("krylov", {"tol": 1e-13}), ("spectral", {}),
+                                       ("implicit", {"scheme": "euler", "steps": 3})])
+@pytest.mark.parametrize("n", [0, 1])
+def test_gradcheck_x_and_t(method: str, kw: dict, n: int) -> None:
+    S = mmp.meshes.icosphere(1)
+    H = mmp.HeatKernel(S, n, method=method, casimir=0.3, **kw)
+    x = torch.from_numpy(_features(S.n_vertices, 2, n)).requires_grad_()
+    t = torch.tensor([0.05, 0.2], dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b: H(a, b), (x, t), eps=1e-6, atol=1e-6)
+    ts = torch.tensor(0.1, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b: H(a, b), (x, ts), eps=1e-6, atol=1e-6)
+
+
+def test_sdirk_not_differentiable_in_t(sphere3: mmp.Surface) -> None:
+    H = mmp.HeatKernel(sphere3, 0, method="implicit", scheme="sdirk2")
+    t = torch.tensor(0.1, dtype=torch.float64, requires_grad=True)
+    with pytest.raises(ParameterError, match="not differentiable in t"):
+        H(torch.ones(sphere3.n_vertices, 1, dtype=torch.float64), t)
+
+
+def test_auto_method_choice(sphere3: mmp.Surface, caplog: pytest.LogCaptureFixture) -> None:
+    x = _features(sphere3.n_vertices, 1, 0)
+    with caplog.at_level("INFO", logger="manifoldmp.spectral.heat"):
+        H = mmp.HeatKernel(sphere3)  # V <= 2500: exact eigenbasis
+        H(x, 0.1)
+    assert H.last_method == "spectral" and "picked spectral" in caplog.text
+    big = mmp.HeatKernel(mmp.meshes.icosphere(4), k=50, tol=1e-6)
+    xb = _features(big.n_vertices, 1, 0)
+    big(xb, 1e-3)
+    assert big.last_method == "krylov"
+    big.eigenpairs()
+    big(xb, 5.0)  # exp(-5 lambda_50) ~ exp(-5 * 42) << tol
+    assert big.last_method == "spectral"
+    assert big.truncation_bound(5.0) < 1e-6
+
+
+def test_truncated_spectral_error_within_bound(sphere3: mmp.Surface, dense_ops: dict) -> None:
+    m = sphere3.vertex_areas
+    H = mmp.HeatKernel(sphere3, 1, method="spectral", k=40)
+    _, phi = H.eigenpairs()
+    x = _features(sphere3.n_vertices, 1, 1)
+    for t in (0.01, 0.1, 1.0):
+        ref = la.expm(-t * dense_ops[1]) @ x
+        rest = x - phi @ (phi.conj().T @ (m[:, None] * x))
+        bound = H.truncation_bound(t) * _mnorm(rest, m)
+        assert _mnorm(H(x, t) - ref, m) <= bound * 1.0001 + 1e-12 * _mnorm(x, m)
+
+
+def test_kernel_is_area_normalized_and_symmetric(sphere3: mmp.Surface) -> None:
+    H = mmp.HeatKernel(sphere3, 0)
+    k0, k5 = H.kernel(0, 0.05), H.kernel(5, 0.05)
+    assert abs(k0[5] - k5[0]) < 1e-12 * abs(k0[5])  # k_t(i, j) = k_t(j, i)
+    assert abs(np.sum(sphere3.vertex_areas * k0) - 1.0) < 1e-10  # integrates to one
+
+
+def test_point_cloud_matches_dense() -> None:
+    P = mmp.PointCloud(mmp.meshes.random_sphere(400).vertices, n_neighbors=12)
+    m = np.asarray(P.vertex_areas)
+    A = mmp.connection_laplacian(P, 1).toarray() / m[:, None]
+    x = _features(P.n_vertices, 2, 1)
+    ref = la.expm(-0.05 * A) @ x
+    for method in ("krylov", "spectral"):
+        y = mmp.HeatKernel(P, 1, method=method, tol=1e-11)(x, 0.05)
+        assert np.linalg.norm(y - ref) / np.linalg.norm(ref) < 1e-9
+
+
+def test_bad_inputs(sphere3: mmp.Surface) -> None:
+    V = sphere3.n_vertices
+    H = mmp.HeatKernel(sphere3, 1, method="krylov")
+    with pytest.raises(ParameterError, match="complex"):
+        H(np.ones((V, 1)), 0.1)
+    with pytest.raises(ParameterError, match="shape"):
+        H(np.ones((V + 1, 1), dtype=complex), 0.1)
+    with pytest.raises(ParameterError, match="t must be finite and >= 0"):
+        H(np.ones((V, 1), dtype=complex), -1.0)
+    with pytest.raises(ParameterError, match="one time per channel"):
+        H(np.ones((V, 2), dtype=complex), torch.ones(3))
+    with pytest.raises(ParameterError, match="NaN"):
+        H(np.full((V, 1), np.nan, dtype=complex), 0.1)
+    with pytest.raises(ParameterError, match="method"):
+        mmp.HeatKernel(sphere3, method="magic")
+    with pytest.raises(ParameterError, match="casimir"):
+        mmp.HeatKernel(sphere3, casimir=-1.0)
+    with pytest.raises(ParameterError, match="k must be at most"):
+        mmp.HeatKernel(sphere3, k=V + 1)
+    with pytest.raises(ParameterError, match="dtype"):
+        mmp.HeatKernel(sphere3, dtype=torch.int64)
