@@ -1,6 +1,6 @@
 """manifoldmp: bundle diffusion operators and gauge-equivariant message passing on surfaces."""
 
-from manifoldmp import mesh, meshes
+from manifoldmp import mesh, meshes, spectral
 from manifoldmp.errors import ManifoldmpError, MeshError, ParameterError
 from manifoldmp.operators import (
     bundle_laplacian,
@@ -14,13 +14,22 @@ from manifoldmp.operators import (
     to_torch_sparse,
 )
 from manifoldmp.pointcloud import PointCloud
-from manifoldmp.spectral import EigenSolverError, HeatKernel, generalized_eigsh, heat_diffuse
+from manifoldmp.spectral import (
+    EigenSolverError,
+    GeodesicSolver,
+    HeatKernel,
+    generalized_eigsh,
+    heat_diffuse,
+    heat_kernel_signature,
+    heat_method_distance,
+)
 from manifoldmp.surface import Surface
 
 __version__ = "0.1.0"
 
 __all__ = [
     "EigenSolverError",
+    "GeodesicSolver",
     "HeatKernel",
     "ManifoldmpError",
     "MeshError",
@@ -37,8 +46,11 @@ __all__ = [
     "gradient",
     "gradient_matrix",
     "heat_diffuse",
+    "heat_kernel_signature",
+    "heat_method_distance",
     "mass_matrix",
     "mesh",
     "meshes",
+    "spectral",
     "to_torch_sparse",
 ]

@@ -1,0 +1,165 @@
+"""Heat-based applications: distances, transport, log map, Varadhan, signatures, heat trace."""
+
+from __future__ import annotations
+
+import numpy as np
+import potpourri3d as pp3d
+import pytest
+import scipy.linalg as la
+
+import manifoldmp as mmp
+from manifoldmp.errors import ParameterError
+from manifoldmp.spectral import (
+    GeodesicSolver,
+    heat_kernel_signature,
+    heat_trace,
+    varadhan_distance,
+)
+from tests.conftest import shared_mesh
+
+
+def _great_circle(S: mmp.Surface | mmp.PointCloud, i: int) -> np.ndarray:
+    x = np.asarray(S.vertices if hasattr(S, "vertices") else S.points)
+    x = x / np.linalg.norm(x, axis=1, keepdims=True)
+    return np.arccos(np.clip(x @ x[i], -1.0, 1.0))
+
+
+@pytest.fixture(scope="module")
+def spot() -> mmp.Surface:
+    return mmp.Surface.load(shared_mesh("spot.obj"))
+
+
+@pytest.mark.parametrize("which", ["icosphere", "spot"])
+def test_heat_method_matches_potpourri3d(which: str, request: pytest.FixtureRequest) -> None:
+    S = mmp.meshes.icosphere(4) if which == "icosphere" else request.getfixturevalue("spot")
+    V, F = np.asarray(S.vertices), np.asarray(S.faces)
+    ref = pp3d.MeshHeatMethodDistanceSolver(V, F, t_coef=1.0, use_robust=False)
+    ours = GeodesicSolver(S, poisson_shift=1e-6)  # geometry-central's regularized Poisson step
+    for src in (0, 7, [3, 11]):
+        want = ref.compute_distance(src) if np.ndim(src) == 0 else \
+            ref.compute_distance_multisource(src)
+        np.testing.assert_allclose(ours.distance(src), want, atol=1e-6 * want.max())
+
+
+def test_heat_method_distance_on_sphere_and_exact_poisson() -> None:
+    S = mmp.meshes.icosphere(5)
+    d = GeodesicSolver(S).distance(0)
+    exact = _great_circle(S, 0)
+    assert d[0] == 0.0
+    assert np.max(np.abs(d - exact)) < 0.02  # heat method, t = h^2
+    shifted = GeodesicSolver(S, poisson_shift=1e-6).distance(0)
+    assert np.max(np.abs(shifted - d)) < 1e-3  # the regularization is a small perturbation
+
+
+def test_heat_method_point_cloud() -> None:
+    P = mmp.PointCloud(mmp.meshes.random_sphere(4000).vertices)
+    d = GeodesicSolver(P).distance(0)
+    exact = _great_circle(P, 0)
+    far = exact > 0.3
+    rel = np.abs(d - exact)[far] / exact[far]
+    assert np.median(rel) < 0.03
+
+
+def test_disconnected_components_get_inf() -> None:
+    a = mmp.meshes.icosphere(2)
+    V = np.vstack([a.vertices, a.vertices + 5.0])
+    F = np.vstack([a.faces, a.faces + a.n_vertices])
+    d = GeodesicSolver(mmp.Surface(V, F)).distance(0)
+    assert np.all(np.isfinite(d[:a.n_vertices])) and np.all(np.isinf(d[a.n_vertices:]))
+
+
+@pytest.mark.parametrize("which", ["icosphere", "spot"])
+def test_transport_matches_potpourri3d_up_to_gauge(which: str,
+                                                   request: pytest.FixtureRequest) -> None:
+    """Same numbers in, and the results differ by one unit factor per vertex (the frames)."""
+    S = mmp.meshes.icosphere(4) if which == "icosphere" else request.getfixturevalue("spot")
+    V, F = np.asarray(S.vertices), np.asarray(S.faces)
+    ref = pp3d.MeshVectorHeatSolver(V, F, t_coef=1.0, use_intrinsic_delaunay=False)
+    g = GeodesicSolver(S)
+    src = 7
+    ratios = []
+    for vec in (1.0 + 0.5j, -0.3 + 1.0j):
+        theirs = ref.transport_tangent_vector(src, [vec.real, vec.imag])
+        ours = g.transport(src, vec)
+        np.testing.assert_allclose(np.abs(ours), abs(vec), rtol=1e-12)
+        ratios.append(ours / (theirs[:, 0] + 1j * theirs[:, 1]))
+    away = _great_circle(S, src) < 2.8 if which == "icosphere" else slice(None)  # not the pole
+    np.testing.assert_allclose(np.abs(ratios[0]), 1.0, atol=1e-10)
+    np.testing.assert_allclose(ratios[0][away], ratios[1][away], atol=1e-9)
+    # a conjugated (wrong) transport is not a gauge of theirs
+    bad = np.conj(g.transport(src, 1.0 + 0.5j)) / ratios[0]
+    assert np.max(np.abs(bad - ref.transport_tangent_vector(src, [1.0, 0.5]) @ [1, 1j])) > 0.1
+
+
+def test_transport_is_gauge_covariant(rng: np.random.Generator) -> None:
+    S = mmp.meshes.jittered_sphere(3)
+    alpha = rng.uniform(-np.pi, np.pi, S.n_vertices)
+    a = GeodesicSolver(S).transport(5, 1.0 + 1.0j)
+    b = GeodesicSolver(S.regauge(alpha)).transport(5, (1.0 + 1.0j) * np.exp(-1j * alpha[5]))
+    np.testing.assert_allclose(b, np.exp(-1j * alpha) * a, atol=1e-10)
+
+
+@pytest.mark.parametrize("domain", ["mesh", "cloud"])
+def test_log_map_on_sphere(domain: str) -> None:
+    S = mmp.meshes.icosphere(4)
+    D = S if domain == "mesh" else mmp.PointCloud(S.vertices)
+    lm = GeodesicSolver(D).log_map(0)
+    x = np.asarray(S.vertices)
+    d = _great_circle(S, 0)
+    fr = np.asarray(D.frames)
+    tang = x - np.outer(x @ x[0], x[0])
+    ang = np.arctan2(tang @ fr[0, 1], tang @ fr[0, 0])
+    ok = (d > 0.2) & (d < 2.5)
+    # the point-cloud heat-method distance carries a near-constant offset (about 0.1 here)
+    # from the least-squares gradient smearing the source over its 30 neighbours
+    tol_r, tol_a = (0.03, 0.05) if domain == "mesh" else (0.15, 0.08)
+    assert np.max(np.abs(np.abs(lm) - d)[ok]) < tol_r
+    assert np.max(np.abs(np.angle(lm * np.exp(-1j * ang)))[ok]) < tol_a
+
+
+def test_varadhan_on_icosphere5() -> None:
+    S = mmp.meshes.icosphere(5)
+    t = 35 * S.mean_edge_length ** 2
+    d = varadhan_distance(S, 0, t)
+    exact = _great_circle(S, 0)
+    sel = (exact > 0.3) & (exact < 1.2)
+    assert np.median(np.abs(d[sel] ** 2 - exact[sel] ** 2) / exact[sel] ** 2) < 0.05
+
+
+def test_hks_matches_dense_diagonal_and_heat_trace_matches_sphere_series() -> None:
+    S = mmp.meshes.icosphere(3)
+    m = S.vertex_areas
+    for n in (0, 1, 2):
+        A = mmp.connection_laplacian(S, n).toarray() / m[:, None]
+        hks = heat_kernel_signature(S, [0.05, 0.2], n=n)
+        for j, t in enumerate((0.05, 0.2)):
+            np.testing.assert_allclose(hks[:, j], np.real(np.diag(la.expm(-t * A))) / m,
+                                       rtol=1e-9)
+        # unit sphere: sum over l >= |n| of (2l + 1) exp(-t (l(l+1) - n^2))
+        ls = np.arange(abs(n), 200)
+        exact = np.sum((2 * ls + 1) * np.exp(-0.2 * (ls * (ls + 1) - n * n)))
+        assert abs(heat_trace(S, 0.2, n=n)[0] / exact - 1) < 0.02
+
+
+def test_bundle_hks_is_gauge_invariant(rng: np.random.Generator) -> None:
+    S = mmp.meshes.jittered_sphere(2)
+    alpha = rng.uniform(-np.pi, np.pi, S.n_vertices)
+    a = heat_kernel_signature(S, [0.01, 0.1], n=2)
+    b = heat_kernel_signature(S.regauge(alpha), [0.01, 0.1], n=2)
+    np.testing.assert_allclose(a, b, rtol=1e-9)
+    assert np.all(a > 0)
+
+
+def test_bad_arguments() -> None:
+    S = mmp.meshes.icosphere(2)
+    g = GeodesicSolver(S)
+    with pytest.raises(ParameterError, match="outside"):
+        g.distance(S.n_vertices)
+    with pytest.raises(ParameterError, match="sources"):
+        g.distance([])
+    with pytest.raises(ParameterError, match="nonzero"):
+        g.transport(0, 0.0)
+    with pytest.raises(ParameterError, match="t_coef"):
+        GeodesicSolver(S, t_coef=-1.0)
+    with pytest.raises(ParameterError, match="times"):
+        heat_kernel_signature(S, [-1.0])
