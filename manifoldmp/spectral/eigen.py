@@ -290,9 +290,9 @@ def generalized_eigsh(L: Any, mass: Any, k: int, *, sigma: float | None = None,
     --------
     >>> import manifoldmp as mmp
     >>> S = mmp.meshes.icosphere(4)
-    >>> res = generalized_eigsh(mmp.connection_laplacian(S, 1), S.vertex_areas, 6)
-    >>> [round(float(x), 2) for x in res.eigenvalues]
-    [1.0, 1.0, 1.0, 1.0, 1.0, 1.0]
+    >>> res = generalized_eigsh(mmp.connection_laplacian(S, 1), S.vertex_areas, 8)
+    >>> [round(float(x), 1) for x in res.eigenvalues]  # l(l+1) - 1 for l = 1 (x3), l = 2 (x5)
+    [1.0, 1.0, 1.0, 5.0, 5.0, 5.0, 5.0, 5.0]
     """
     t0 = time.perf_counter()
     if not sp.issparse(L):

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -90,9 +91,20 @@ def _expm_tridiag(alpha: torch.Tensor, beta: torch.Tensor, t: torch.Tensor) -> t
     return coef.T.contiguous()
 
 
+def _default_budget(device: torch.device) -> int:
+    """A quarter of the free memory of ``device`` (bytes)."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free // 4)
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4)
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
+        return 2**30
+
+
 def lanczos_expm(apply_B: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor,
                  t: torch.Tensor, *, tol: float = 1e-10, max_steps: int = 1000,
-                 check_every: int = 4, max_basis_bytes: int = 2**30
+                 check_every: int = 4, max_basis_bytes: int | None = None
                  ) -> tuple[torch.Tensor, KrylovInfo]:
     """Approximate ``exp(-t_c B) z_c`` for every column ``c`` by the Lanczos method.
 
@@ -101,7 +113,7 @@ def lanczos_expm(apply_B: Callable[[torch.Tensor], torch.Tensor], z: torch.Tenso
     apply_B : callable
         ``X -> B X`` for ``X : (V, C)``; ``B`` Hermitian positive semidefinite (a shifted
         spectrum is fine, negative eigenvalues are handled exactly but make the problem
-        harder).
+        harder). It must return a new tensor: the iteration updates it in place.
     z : (V, C) tensor
         Real or complex starting block.
     t : (C,) real tensor
@@ -112,8 +124,9 @@ def lanczos_expm(apply_B: Callable[[torch.Tensor], torch.Tensor], z: torch.Tenso
         Upper bound on Lanczos steps; :class:`KrylovNotConverged` is raised beyond it.
     check_every : int
         Steps between evaluations of the error estimate.
-    max_basis_bytes : int
-        Largest basis kept in memory before switching to the two-pass scheme.
+    max_basis_bytes : int, optional
+        Largest basis kept in memory before switching to the two-pass scheme (default: a
+        quarter of the free memory of the device: physical memory on CPU).
 
     Returns
     -------
@@ -122,6 +135,8 @@ def lanczos_expm(apply_B: Callable[[torch.Tensor], torch.Tensor], z: torch.Tenso
     info : KrylovInfo
     """
     C = z.shape[1]
+    if max_basis_bytes is None:
+        max_basis_bytes = _default_budget(z.device)
     real = torch.float32 if z.dtype in (torch.float32, torch.complex64) else torch.float64
     t = t.to(device=z.device, dtype=real).reshape(C)
     norm0 = torch.linalg.vector_norm(z, dim=0).to(real)  # (C,)
@@ -137,11 +152,15 @@ def lanczos_expm(apply_B: Callable[[torch.Tensor], torch.Tensor], z: torch.Tenso
     err = math.inf
     steps = 0
     converged = False
+    tmp = torch.empty_like(z)
     while steps < max_steps:
         w = apply_B(q)
-        alpha = torch.real(torch.sum(q.conj() * w, dim=0)) if q.is_complex() \
-            else torch.sum(q * w, dim=0)
-        w = w - alpha.to(z.dtype) * q - beta_prev.to(z.dtype) * q_prev
+        # in-place updates: fresh (V, C) temporaries cost page faults that dominate on CPU
+        torch.mul(q.conj() if q.is_complex() else q, w, out=tmp)
+        alpha = torch.real(tmp.sum(dim=0)) if tmp.is_complex() else tmp.sum(dim=0)
+        w.addcmul_(q, alpha.to(z.dtype)[None, :], value=-1)
+        if steps:
+            w.addcmul_(q_prev, beta_prev.to(z.dtype)[None, :], value=-1)
         beta = torch.linalg.vector_norm(w, dim=0).to(real)
         alphas.append(alpha)
         steps += 1
@@ -160,7 +179,8 @@ def lanczos_expm(apply_B: Callable[[torch.Tensor], torch.Tensor], z: torch.Tenso
                 break
         betas.append(beta)
         beta_safe = torch.where(beta > 0, beta, torch.ones_like(beta))
-        q_prev, q = q, w / beta_safe.to(z.dtype)
+        w.div_(beta_safe.to(z.dtype)[None, :])
+        q_prev, q = q, w
         beta_prev = beta
         if basis is not None:
             if (len(basis) + 1) * bytes_per > max_basis_bytes:
@@ -174,25 +194,25 @@ def lanczos_expm(apply_B: Callable[[torch.Tensor], torch.Tensor], z: torch.Tenso
     m = coef.shape[0]
     scale = (coef * norm0[None, :]).to(z.dtype)  # (m, C)
     products = steps
+    y = torch.zeros_like(z)
     if basis is not None:
-        y = torch.zeros_like(z)
         for j in range(m):
-            y = y + basis[j] * scale[j]
+            y.addcmul_(basis[j], scale[j][None, :])
     else:  # second pass: regenerate q_j with the stored coefficients
-        y = torch.zeros_like(z)
         q = z / safe.to(z.dtype)
         q_prev = torch.zeros_like(z)
         for j in range(m):
-            y = y + q * scale[j]
+            y.addcmul_(q, scale[j][None, :])
             if j == m - 1:
                 break
             w = apply_B(q)
             products += 1
-            w = w - alphas[j].to(z.dtype) * q
+            w.addcmul_(q, alphas[j].to(z.dtype)[None, :], value=-1)
             if j > 0:
-                w = w - betas[j - 1].to(z.dtype) * q_prev
+                w.addcmul_(q_prev, betas[j - 1].to(z.dtype)[None, :], value=-1)
             bj = torch.where(betas[j] > 0, betas[j], torch.ones_like(betas[j]))
-            q_prev, q = q, w / bj.to(z.dtype)
+            w.div_(bj.to(z.dtype)[None, :])
+            q_prev, q = q, w
     log.debug("lanczos: %d steps, %d products, estimate %.1e, stored basis %s",
               steps, products, err, basis is not None)
     return y, KrylovInfo(steps, products, err, basis is not None)
