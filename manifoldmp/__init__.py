@@ -1,6 +1,6 @@
 """manifoldmp: bundle diffusion operators and gauge-equivariant message passing on surfaces."""
 
-from manifoldmp import mesh, meshes, spectral
+from manifoldmp import mesh, meshes, nn, spectral, testing
 from manifoldmp.errors import ManifoldmpError, MeshError, ParameterError
 from manifoldmp.operators import (
     bundle_laplacian,
@@ -51,6 +51,8 @@ __all__ = [
     "mass_matrix",
     "mesh",
     "meshes",
+    "nn",
     "spectral",
+    "testing",
     "to_torch_sparse",
 ]

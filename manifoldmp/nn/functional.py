@@ -1,0 +1,257 @@
+"""Bundle heat flows on an :class:`~manifoldmp.operators.bundle.OperatorBundle` (pure torch).
+
+Every function maps ``x : (V, C)`` features of one type ``n`` (real for ``n = 0``, complex
+otherwise) and one time per channel ``t : (C,)`` to ``exp(-t (M^-1 L_n + kappa n^2)) x`` or
+its time discretization (THEORY.md 3.1-3.3), differentiable in ``x`` and ``t``:
+
+``spectral``   truncated eigenbasis of the bundle (exact on its span; autograd through it).
+``krylov``     Lanczos on ``M^-1/2 L_n M^-1/2`` to a relative tolerance; the backward pass is
+               a heat application (custom autograd).
+``implicit``   ``steps`` backward-Euler steps ``(M + tau L_n) u+ = M u``, each solved by
+               Jacobi-preconditioned conjugate gradients with a separate ``tau`` per channel
+               (a learned time per channel would need a factorization per channel; CG needs
+               none and runs on any device); backward by the adjoint solve.
+``explicit``   ``steps`` forward-Euler steps: one round of transported messages each
+               (THEORY.md 3.1), stable for ``tau lambda_max <= 2``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import torch
+
+from manifoldmp.errors import ManifoldmpError, ParameterError
+from manifoldmp.operators.bundle import OperatorBundle
+from manifoldmp.spectral.krylov import lanczos_expm
+
+__all__ = ["HEAT_METHODS", "heat_flow"]
+
+log = logging.getLogger(__name__)
+
+HEAT_METHODS = ("spectral", "krylov", "implicit", "explicit")
+
+
+class SolverNotConverged(ManifoldmpError):
+    """An iterative solve of a layer did not reach its tolerance."""
+
+
+def _spmm(A: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Sparse ``A @ x`` with real ``A`` applied to complex ``x`` part by part."""
+    if x.is_complex() and not A.is_complex():
+        return torch.complex(A @ x.real.contiguous(), A @ x.imag.contiguous())
+    return A @ x
+
+
+def _laplacian(ops: OperatorBundle, n: int, dtype: torch.dtype) -> torch.Tensor:
+    L = ops.laplacian(n)
+    want = dtype if (L.is_complex() == dtype.is_complex) else (
+        torch.float32 if dtype == torch.complex64 else torch.float64)
+    if L.dtype != want:
+        key = ("L", n, want)
+        if key not in ops._cache:
+            ops._cache[key] = L.to(want)
+        L = ops._cache[key]
+    return L
+
+
+def heat_spectral(ops: OperatorBundle, n: int, x: torch.Tensor, t: torch.Tensor
+                  ) -> torch.Tensor:
+    """``Phi diag(exp(-t lambda)) Phi^H M x`` with the bundle's type-``n`` eigenbasis."""
+    if not ops.evals:
+        raise ParameterError("spectral diffusion needs eigenpairs: precompute(..., k_eig > 0)")
+    lam = ops.evals[n]
+    # work with the orthonormal Psi = M^1/2 Phi: products with the M-orthonormal Phi cancel
+    # badly in float32 when the masses vary (point clouds)
+    key = ("psi", n, x.dtype)
+    if key not in ops._cache:
+        psi = torch.sqrt(ops.mass)[:, None] * ops.evecs[n]
+        ops._cache[key] = psi.to(x.dtype) if x.is_complex() else psi
+    psi = ops._cache[key]
+    s = torch.sqrt(ops.mass)[:, None].to(x.dtype)
+    coef = psi.conj().T @ (s * x)                                   # (K, C)
+    decay = torch.exp(-lam[:, None] * t[None, :])                   # (K, C)
+    return (psi @ (coef * decay.to(coef.dtype))) / s
+
+
+class _Krylov(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, t: torch.Tensor, ops: OperatorBundle, n: int,
+                tol: float) -> torch.Tensor:
+        with torch.no_grad():
+            y = _krylov_raw(ops, n, x, t, tol)
+        ctx.ops, ctx.n, ctx.tol = ops, n, tol
+        ctx.save_for_backward(y, t)
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[Any, ...]:
+        y, t = ctx.saved_tensors
+        ops, n = ctx.ops, ctx.n
+        gx = gt = None
+        with torch.no_grad():
+            m = ops.mass[:, None].to(g.dtype)
+            if ctx.needs_input_grad[0]:   # (exp(-tA))^H = M exp(-tA) M^-1
+                gx = m * _krylov_raw(ops, n, g / m, t, ctx.tol)
+            if ctx.needs_input_grad[1]:   # d/dt y = -A y
+                Ay = _spmm(_laplacian(ops, n, y.dtype), y) / m
+                prod = g.conj() * Ay
+                gt = -(prod.real if prod.is_complex() else prod).sum(dim=0).to(t.dtype)
+        return gx, gt, None, None, None
+
+
+def _krylov_raw(ops: OperatorBundle, n: int, x: torch.Tensor, t: torch.Tensor, tol: float
+                ) -> torch.Tensor:
+    L = _laplacian(ops, n, x.dtype)
+    s = torch.sqrt(ops.mass)[:, None].to(x.dtype)
+
+    def apply_B(z: torch.Tensor) -> torch.Tensor:
+        return _spmm(L, z / s) / s
+
+    y, _ = lanczos_expm(apply_B, s * x, t, tol=tol)
+    return y / s
+
+
+def heat_krylov(ops: OperatorBundle, n: int, x: torch.Tensor, t: torch.Tensor, *,
+                tol: float = 1e-8) -> torch.Tensor:
+    """Lanczos heat flow to relative tolerance ``tol`` (backward: a heat flow)."""
+    return _Krylov.apply(x, t, ops, n, tol)
+
+
+def _cg(ops: OperatorBundle, n: int, b: torch.Tensor, tau: torch.Tensor, tol: float
+        ) -> torch.Tensor:
+    """Solve ``(M + tau_c L_n) y_c = b_c`` for every column by preconditioned CG."""
+    L = _laplacian(ops, n, b.dtype)
+    m = ops.mass[:, None].to(b.dtype)
+    tau_c = tau[None, :].to(b.dtype)
+    diag = (ops.mass[:, None] * (1 + tau[None, :] * ops.degree()[:, None])).to(b.dtype)
+
+    def A(v: torch.Tensor) -> torch.Tensor:
+        return m * v + tau_c * _spmm(L, v)
+
+    def dot(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        p = (u.conj() * v).sum(dim=0)
+        return p.real if p.is_complex() else p
+
+    y = b / diag
+    r = b - A(y)
+    z = r / diag
+    p = z.clone()
+    rz = dot(r, z)
+    bnorm = torch.linalg.vector_norm(b, dim=0).clamp_min(torch.finfo(ops.dtype).tiny)
+    max_iter = 50 + 20 * int(math.sqrt(ops.n_vertices))
+    for it in range(max_iter):
+        active = torch.linalg.vector_norm(r, dim=0) > tol * bnorm
+        if not bool(active.any()):
+            log.debug("CG (type %d): %d iterations", n, it)
+            return y
+        Ap = A(p)
+        pAp = dot(p, Ap)
+        if bool((active & (pAp <= 0)).any()):
+            raise SolverNotConverged(
+                f"implicit diffusion of type {n}: M + tau L is not positive definite (negative "
+                "Laplacian weights); use method='spectral' or 'krylov'")
+        alpha = torch.where(pAp > 0, rz / pAp.clamp_min(torch.finfo(ops.dtype).tiny), 0.0)
+        y = y + alpha.to(y.dtype) * p
+        r = r - alpha.to(r.dtype) * Ap
+        z = r / diag
+        rz_new = dot(r, z)
+        beta = torch.where(rz > 0, rz_new / rz.clamp_min(torch.finfo(ops.dtype).tiny), 0.0)
+        p = z + beta.to(p.dtype) * p
+        rz = rz_new
+    res = float((torch.linalg.vector_norm(r, dim=0) / bnorm).max())
+    raise SolverNotConverged(
+        f"implicit diffusion of type {n}: conjugate gradients reached relative residual "
+        f"{res:.1e} > tol {tol:.1e} in {max_iter} iterations")
+
+
+class _BackwardEuler(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, tau: torch.Tensor, ops: OperatorBundle, n: int,
+                tol: float) -> torch.Tensor:
+        with torch.no_grad():
+            y = _cg(ops, n, ops.mass[:, None].to(x.dtype) * x, tau, tol)
+        ctx.ops, ctx.n, ctx.tol = ops, n, tol
+        ctx.save_for_backward(y, tau)
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[Any, ...]:
+        y, tau = ctx.saved_tensors
+        ops, n = ctx.ops, ctx.n
+        with torch.no_grad():
+            u = _cg(ops, n, g, tau, ctx.tol)               # (M + tau L)^-1 g
+            gx = ops.mass[:, None].to(g.dtype) * u if ctx.needs_input_grad[0] else None
+            gt = None
+            if ctx.needs_input_grad[1]:                    # dy/dtau = -(M + tau L)^-1 L y
+                prod = u.conj() * _spmm(_laplacian(ops, n, y.dtype), y)
+                gt = -(prod.real if prod.is_complex() else prod).sum(dim=0).to(tau.dtype)
+        return gx, gt, None, None, None
+
+
+def heat_implicit(ops: OperatorBundle, n: int, x: torch.Tensor, t: torch.Tensor, *,
+                  steps: int = 1, tol: float = 1e-10) -> torch.Tensor:
+    """``steps`` backward-Euler steps of size ``t / steps`` (unconditionally stable)."""
+    tau = t / steps
+    y = x
+    for _ in range(steps):
+        y = _BackwardEuler.apply(y, tau, ops, n, tol)
+    return y
+
+
+def heat_explicit(ops: OperatorBundle, n: int, x: torch.Tensor, t: torch.Tensor, *,
+                  steps: int = 1) -> torch.Tensor:
+    """``steps`` forward-Euler steps: ``u+ = u - tau (d/m) u + tau sum_j w_ij/m_i r_ji^n u_j``."""
+    P = ops.edge_operator(n, 0)
+    tau = (t / steps)[None, :]
+    d = ops.degree()[:, None]
+    y = x
+    for _ in range(steps):
+        y = y - tau * (d * y) + tau * _spmm(P, y)
+    return y
+
+
+def heat_flow(ops: OperatorBundle, n: int, x: torch.Tensor, t: torch.Tensor, *,
+              method: str = "spectral", casimir: torch.Tensor | float = 0.0, steps: int = 1,
+              tol: float | None = None) -> torch.Tensor:
+    """Type-``n`` bundle heat flow of ``x`` for times ``t`` by ``method`` (module docstring).
+
+    Parameters
+    ----------
+    ops : OperatorBundle
+    n : int
+    x : (V, C) Tensor
+        Real for ``n = 0``, complex otherwise.
+    t : (C,) Tensor
+        Non-negative times (one per channel).
+    method : {"spectral", "krylov", "implicit", "explicit"}
+    casimir : float or Tensor
+        ``kappa``: the flow is multiplied by ``exp(-t kappa n^2)`` (exact for every method).
+    steps : int
+        Time steps of the implicit and explicit schemes.
+    tol : float, optional
+        Relative tolerance of Krylov and CG (default ``1e-10`` in float64, ``1e-6`` in float32).
+
+    Returns
+    -------
+    (V, C) Tensor
+    """
+    if method not in HEAT_METHODS:
+        raise ParameterError(f"method must be one of {HEAT_METHODS}, got {method!r}")
+    if tol is None:
+        tol = 1e-6 if x.dtype in (torch.float32, torch.complex64) else 1e-10
+    if method == "spectral":
+        y = heat_spectral(ops, n, x, t)
+    elif method == "krylov":
+        y = heat_krylov(ops, n, x, t, tol=tol)
+    elif method == "implicit":
+        y = heat_implicit(ops, n, x, t, steps=steps, tol=tol)
+    else:
+        y = heat_explicit(ops, n, x, t, steps=steps)
+    if n != 0:
+        kap = torch.as_tensor(casimir, dtype=t.dtype, device=t.device)
+        if kap.dim() or float(kap.detach()) != 0.0 or kap.requires_grad:
+            y = y * torch.exp(-t * kap * n * n).to(y.dtype)[None, :]
+    return y
