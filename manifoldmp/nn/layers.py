@@ -25,6 +25,7 @@ from manifoldmp.errors import ParameterError
 from manifoldmp.nn.field_type import FieldType
 from manifoldmp.nn.functional import HEAT_METHODS, _spmm, heat_flow
 from manifoldmp.operators.bundle import OperatorBundle
+from manifoldmp.operators.sparse import complex_dtype
 
 __all__ = [
     "AnisotropicConv",
@@ -46,9 +47,6 @@ __all__ = [
 
 Parts = dict[int, torch.Tensor]
 
-
-def _complex_of(real: torch.dtype) -> torch.dtype:
-    return torch.complex64 if real == torch.float32 else torch.complex128
 
 
 def _cweight(p: torch.Tensor) -> torch.Tensor:
@@ -231,7 +229,7 @@ class GaugeLinear(GaugeModule):
                 W = self.weights[str(n)]
                 out[n] = parts[n] @ (W if n == 0 else _cweight(W)).to(parts[n].dtype)
             else:
-                out[n] = torch.zeros(V, m_out, dtype=real if n == 0 else _complex_of(real),
+                out[n] = torch.zeros(V, m_out, dtype=real if n == 0 else complex_dtype(real),
                                      device=ref.device)
             if n == 0 and self.bias is not None:
                 out[n] = out[n] + self.bias.to(out[n].dtype)
@@ -248,7 +246,7 @@ class Gradient(GaugeModule):
     def apply(self, parts: Parts, ops: OperatorBundle) -> Parts:
         """Apply the layer to features split by type (see :meth:`GaugeModule.apply`)."""
         x = parts[0]
-        return {1: _spmm(ops.gradient, x.to(_complex_of(x.dtype)))}
+        return {1: _spmm(ops.gradient, x.to(complex_dtype(x.dtype)))}
 
 
 def _divergence(ops: OperatorBundle, X: torch.Tensor) -> torch.Tensor:
@@ -286,7 +284,7 @@ def _signed(parts: Parts, s: int) -> torch.Tensor:
     x = parts[abs(s)]
     if s < 0:
         return x.conj()
-    return x if x.is_complex() else x.to(_complex_of(x.dtype))
+    return x if x.is_complex() else x.to(complex_dtype(x.dtype))
 
 
 class TypeProduct(GaugeModule):
@@ -345,7 +343,7 @@ def _finish(acc: Parts, out_type: FieldType, parts: Parts) -> Parts:
             out[n] = acc[n].real if n == 0 else acc[n]
         else:
             out[n] = torch.zeros(ref.shape[0], m, device=ref.device,
-                                 dtype=real if n == 0 else _complex_of(real))
+                                 dtype=real if n == 0 else complex_dtype(real))
     return out
 
 
@@ -400,7 +398,7 @@ class ProductBasis(GaugeModule):
         A: dict[int, torch.Tensor] = {}
         for _, n in self.in_type:
             x = parts[n]
-            x = x if x.is_complex() else x.to(_complex_of(x.dtype))
+            x = x if x.is_complex() else x.to(complex_dtype(x.dtype))
             a = x @ _cweight(self.embed[str(n)]).to(x.dtype)
             A[n] = a
             if n:
@@ -459,7 +457,7 @@ class AnisotropicConv(GaugeModule):
         d = ops.degree()[:, None]
         for (n, k, p, conj), W in zip(self.routes, self.kernels, strict=True):
             x = parts[n]
-            x = x if x.is_complex() else x.to(_complex_of(x.dtype))
+            x = x if x.is_complex() else x.to(complex_dtype(x.dtype))
             msg = _spmm(ops.edge_operator(n, k), x)
             if k == 0:
                 msg = msg - d * x
@@ -565,7 +563,7 @@ class RegularNonlinearity(GaugeModule):
     def apply(self, parts: Parts, ops: OperatorBundle | None = None) -> Parts:
         """Apply the layer to features split by type (see :meth:`GaugeModule.apply`)."""
         a = parts[0]                                                     # (V, C)
-        E = self._basis(_complex_of(a.dtype), a.device)                 # (N, B)
+        E = self._basis(complex_dtype(a.dtype), a.device)                 # (N, B)
         if self.band:
             Z = torch.stack([parts[n] for n in range(1, self.band + 1)], dim=-1)   # (V, C, B)
             f = a[..., None] + 2 * (Z @ E.T).real                        # (V, C, N)

@@ -33,6 +33,7 @@ from manifoldmp.errors import ParameterError
 from manifoldmp.mesh.validate import validate_int
 from manifoldmp.operators.gradient import gradient_matrix
 from manifoldmp.operators.laplacian import _check_domain, connection_laplacian
+from manifoldmp.operators.sparse import complex_dtype
 
 __all__ = ["OperatorBundle", "precompute"]
 
@@ -63,9 +64,6 @@ def _csr_from(parts: Any) -> torch.Tensor:
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
         return torch.sparse_csr_tensor(crow, col, val, size=tuple(shape))
 
-
-def _complex_of(real: torch.dtype) -> torch.dtype:
-    return torch.complex64 if real == torch.float32 else torch.complex128
 
 
 @dataclass(frozen=True, eq=False)
@@ -193,7 +191,7 @@ class OperatorBundle:
         key = ("edge", n, k)
         if key not in self._cache:
             src, tgt = self.edge_index
-            val = (self.edge_weight / self.mass[tgt]).to(_complex_of(self.dtype))
+            val = (self.edge_weight / self.mass[tgt]).to(complex_dtype(self.dtype))
             val = val * torch.exp(1j * (k * self.edge_angle + n * self.transport))
             if n == 0 and k == 0:
                 val = val.real
@@ -230,7 +228,7 @@ class OperatorBundle:
         if dtype is not None and dtype not in (torch.float32, torch.float64):
             raise ParameterError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
         real = dtype or self.dtype
-        cplx = _complex_of(real)
+        cplx = complex_dtype(real)
 
         def mv(t: torch.Tensor) -> torch.Tensor:
             if t.dtype in (torch.int64, torch.int32):

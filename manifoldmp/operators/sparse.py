@@ -15,6 +15,11 @@ from manifoldmp.mesh.validate import validate_choice
 __all__ = ["complex_to_real_block", "to_torch_sparse"]
 
 
+def complex_dtype(real: torch.dtype) -> torch.dtype:
+    """The complex dtype with the precision of the real ``real`` (float32 -> complex64)."""
+    return torch.complex64 if real == torch.float32 else torch.complex128
+
+
 def complex_to_real_block(A: Any, *, layout: Literal["interleaved", "stacked"] = "interleaved"
                           ) -> sp.csr_matrix:
     """Real ``(2V, 2V)`` form of a complex ``(V, V)`` operator (THEORY.md 1.5).

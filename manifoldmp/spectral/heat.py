@@ -41,6 +41,7 @@ import torch
 from manifoldmp.errors import ParameterError
 from manifoldmp.mesh.validate import validate_choice, validate_int, validate_positive
 from manifoldmp.operators.laplacian import _check_domain, connection_laplacian
+from manifoldmp.operators.sparse import complex_dtype
 from manifoldmp.spectral.eigen import DENSE_LIMIT, EigenResult, generalized_eigsh
 from manifoldmp.spectral.implicit import SCHEMES, error_bound, factorize_shifted, sdirk_steps
 from manifoldmp.spectral.krylov import KrylovInfo, lanczos_expm
@@ -52,9 +53,6 @@ log = logging.getLogger(__name__)
 Method = Literal["auto", "spectral", "krylov", "implicit"]
 METHODS = ("auto", "spectral", "krylov", "implicit")
 
-
-def _complex_of(real: torch.dtype) -> torch.dtype:
-    return torch.complex64 if real == torch.float32 else torch.complex128
 
 
 class HeatKernel:
@@ -150,7 +148,7 @@ class HeatKernel:
     @property
     def feature_dtype(self) -> torch.dtype:
         """Dtype of the features of this type: real for ``n = 0``, complex otherwise."""
-        return self.dtype if self.n == 0 else _complex_of(self.dtype)
+        return self.dtype if self.n == 0 else complex_dtype(self.dtype)
 
     def _mass_t(self) -> torch.Tensor:
         return torch.tensor(self.mass, dtype=self.dtype, device=self.device)
@@ -262,7 +260,7 @@ class HeatKernel:
                 f"type-{self.n} features are complex (one complex number per vertex and "
                 f"channel); got real dtype {x.dtype}")
         in_dtype = x.dtype
-        target = _complex_of(self.dtype) if x.is_complex() else self.dtype
+        target = complex_dtype(self.dtype) if x.is_complex() else self.dtype
         x = x.to(device=self.device, dtype=target)
         if not bool(torch.isfinite(torch.view_as_real(x) if x.is_complex() else x).all()):
             raise ParameterError("x contains NaN or infinite values")
