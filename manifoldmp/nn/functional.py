@@ -240,6 +240,19 @@ def heat_flow(ops: OperatorBundle, n: int, x: torch.Tensor, t: torch.Tensor, *,
     """
     if method not in HEAT_METHODS:
         raise ParameterError(f"method must be one of {HEAT_METHODS}, got {method!r}")
+    ops.check_type(n)
+    if not isinstance(x, torch.Tensor) or x.dim() != 2 or x.shape[0] != ops.n_vertices:
+        raise ParameterError(f"x must be a (V, C) tensor with V = {ops.n_vertices}, got "
+                             f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x)}")
+    if n != 0 and not x.is_complex():
+        raise ParameterError(f"type-{n} features must be complex, got {x.dtype}")
+    if not isinstance(t, torch.Tensor) or t.shape != (x.shape[1],):
+        raise ParameterError(f"t must be a ({x.shape[1]},) tensor, one time per channel, got "
+                             f"{tuple(t.shape) if isinstance(t, torch.Tensor) else type(t)}")
+    if not bool(torch.isfinite(t).all()) or bool((t < 0).any()):
+        raise ParameterError(f"t must be finite and >= 0, got {t.detach().cpu().tolist()}")
+    if not (isinstance(steps, int) and steps >= 1):
+        raise ParameterError(f"steps must be a positive integer, got {steps!r}")
     if tol is None:
         tol = 1e-6 if x.dtype in (torch.float32, torch.complex64) else 1e-10
     if method == "spectral":

@@ -275,7 +275,13 @@ class OperatorBundle:
     @classmethod
     def load(cls, path: str | os.PathLike, *, device: Any = None) -> OperatorBundle:
         """Read a bundle written by :meth:`save`."""
-        state = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise
+        except Exception as exc:  # torch raises pickle/zip errors of several kinds
+            raise ParameterError(f"{os.fspath(path)!r} is not an OperatorBundle file: "
+                                 f"{type(exc).__name__}: {exc}") from exc
         if not isinstance(state, dict) or state.get("schema") != SCHEMA:
             raise ParameterError(
                 f"{os.fspath(path)!r} is not an OperatorBundle file of schema {SCHEMA}")

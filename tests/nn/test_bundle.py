@@ -66,8 +66,11 @@ def test_save_load_roundtrip_is_bit_exact(tmp_path, bumpy: mmp.Surface) -> None:
     assert torch.equal(ops.gradient.to_dense(), back.gradient.to_dense())
     assert back.spec == ops.spec and back.mean_edge_length == ops.mean_edge_length
     (tmp_path / "bad.pt").write_bytes(b"nope")
-    with pytest.raises(Exception):  # noqa: B017 - torch raises its own unpickling error
+    with pytest.raises(ParameterError, match="not an OperatorBundle file"):
         OperatorBundle.load(tmp_path / "bad.pt")
+    torch.save({"schema": 99}, tmp_path / "old.pt")
+    with pytest.raises(ParameterError, match="schema"):
+        OperatorBundle.load(tmp_path / "old.pt")
 
 
 def test_to_casts_every_tensor(bumpy: mmp.Surface) -> None:

@@ -315,6 +315,30 @@ def test_regular_nonlinearity_error_shrinks_with_samples_and_is_exact_on_the_gri
                           atol=1e-13)
 
 
+def test_heat_flow_argument_errors() -> None:
+    S = mmp.meshes.icosphere(1)
+    ops = mnn.precompute(S, max_type=1, k_eig=0)
+    V = S.n_vertices
+    x = torch.zeros(V, 2, dtype=torch.complex128)
+    t = torch.zeros(2, dtype=torch.float64)
+    with pytest.raises(ParameterError, match="max_type >= 2"):
+        mnn.heat_flow(ops, 2, x, t, method="krylov")
+    with pytest.raises(ParameterError, match="x must be a"):
+        mnn.heat_flow(ops, 1, x[:5], t, method="krylov")
+    with pytest.raises(ParameterError, match="must be complex"):
+        mnn.heat_flow(ops, 1, x.real, t, method="krylov")
+    with pytest.raises(ParameterError, match="one time per channel"):
+        mnn.heat_flow(ops, 1, x, t[:1], method="krylov")
+    with pytest.raises(ParameterError, match="finite and >= 0"):
+        mnn.heat_flow(ops, 1, x, torch.tensor([0.1, -1.0], dtype=torch.float64),
+                      method="krylov")
+    with pytest.raises(ParameterError, match="finite and >= 0"):
+        mnn.heat_flow(ops, 1, x, torch.tensor([0.1, float("nan")], dtype=torch.float64),
+                      method="krylov")
+    with pytest.raises(ParameterError, match="steps"):
+        mnn.heat_flow(ops, 1, x, t, method="explicit", steps=0)
+
+
 def test_layer_argument_errors() -> None:
     S = mmp.meshes.icosphere(1)
     ops = mnn.precompute(S, max_type=1, k_eig=0)
@@ -331,6 +355,20 @@ def test_layer_argument_errors() -> None:
         mnn.BundleDiffusion("1x0", method="magic")
     with pytest.raises(ParameterError, match="order"):
         mnn.ProductBasis("1x0", "1x0", order=4)
+    with pytest.raises(ParameterError, match="n_samples"):
+        mnn.RegularNonlinearity("1x0+1x1+1x2", 4)
+    with pytest.raises(ParameterError, match="one C"):
+        mnn.RegularNonlinearity("2x0+1x1")
+    with pytest.raises(ParameterError, match="casimir"):
+        mnn.BundleDiffusion("1x0", casimir=-1.0)
+    with pytest.raises(ParameterError, match="time_unit"):
+        mnn.BundleDiffusion("1x0", time_unit="days")
+    with pytest.raises(ParameterError, match="too small"):
+        mnn.GaugeNet("1x0", "1x0", width=3)
+    with pytest.raises(ParameterError, match="blocks"):
+        mnn.GaugeNet("1x0", "1x0", blocks=0)
+    with pytest.raises(ParameterError, match="OperatorBundle"):
+        lin(torch.zeros(S.n_vertices, 4, dtype=torch.float64), object())
     with pytest.raises(ParameterError, match="eigenpairs"):
         mnn.BundleDiffusion("1x0").double()(torch.zeros(S.n_vertices, 1, dtype=torch.float64),
                                              ops)
