@@ -176,3 +176,25 @@ def test_full_mode_on_shared_meshes(tmp_path):
     assert rep.failures() == []
     genus = {c.domain: c.details["genus"] for c in rep.claims if c.key == "holonomy.gauss_bonnet"}
     assert genus == {"spot": 0, "boot": 12, "nut": 1}
+
+
+def test_meshes_are_scaled_to_the_unit_sphere_area():
+    from manifoldmp.reproduce import normalized
+
+    S = mmp.meshes.load("genus2")
+    T = normalized(S)
+    assert abs(T.face_areas.sum() - 4 * np.pi) < 1e-10
+    s2 = 4 * np.pi / S.face_areas.sum()
+    # the cotan Laplacian is scale-free, the mass scales with area: eigenvalues scale by 1/s2
+    L_T, L_S = mmp.connection_laplacian(T, 1), mmp.connection_laplacian(S, 1)
+    assert abs(L_T - L_S).max() < 1e-12 * abs(L_S).max()
+    np.testing.assert_allclose(mmp.mass_matrix(T).diagonal(),
+                               s2 * mmp.mass_matrix(S).diagonal(), rtol=1e-12)
+    F = mmp.meshes.flat_torus(6, 7)  # intrinsic surfaces too
+    assert abs(normalized(F).face_areas.sum() - 4 * np.pi) < 1e-10
+
+
+def test_aggregates_do_not_hide_nan():
+    assert math.isnan(C._mx(0.1, float("nan"), 0.2)) and math.isnan(C._mn(float("nan"), 1.0))
+    assert math.isnan(C._farthest([1.0, float("nan")], 1.0))
+    assert C._farthest([0.9, 1.2, 1.05], 1.0) == 1.2

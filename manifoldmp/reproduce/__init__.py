@@ -36,6 +36,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from manifoldmp.errors import ParameterError
@@ -44,7 +45,7 @@ from manifoldmp.reproduce import _figures as F
 from manifoldmp.reproduce._report import Claim, Report
 from manifoldmp.surface import Surface
 
-__all__ = ["DEFAULT_MESH", "Claim", "Report", "load_mesh", "reproduce"]
+__all__ = ["DEFAULT_MESH", "Claim", "Report", "load_mesh", "normalized", "reproduce"]
 
 logger = logging.getLogger("manifoldmp.reproduce")
 DEFAULT_MESH = "genus2"
@@ -85,6 +86,22 @@ def load_mesh(spec: str | Surface) -> tuple[str, Surface]:
         raise
 
 
+def normalized(S: Surface) -> Surface:
+    """``S`` scaled to total area ``4 pi`` (the unit sphere's).
+
+    The Casimir term ``kappa n^2`` has units of inverse area (``lambda_G = 1`` on the unit
+    sphere, THEORY.md 2.1), so the claims are measured at the scale where ``kappa = 1`` is the
+    frame-bundle reading; every other claim is scale-invariant (times are in units of ``h^2``).
+    """
+    scale = float(np.sqrt(4 * np.pi / S.face_areas.sum()))
+    if abs(scale - 1.0) < 1e-12:
+        return S
+    if S.is_embedded:
+        return Surface(S.vertices * scale, S.faces)
+    return Surface.from_edge_lengths(S.faces, S.halfedge_lengths * scale,
+                                     n_vertices=S.n_vertices)
+
+
 def _run(task: str, fn: Callable[[], tuple[list[Claim], dict[str, Any]]], section: int,
          domain: str) -> tuple[list[Claim], dict[str, Any]]:
     t0 = time.perf_counter()
@@ -109,7 +126,7 @@ def reproduce(meshes: Sequence[str | Surface] | None = None, *, quick: bool = Fa
     ----------
     meshes : sequence of str or Surface, optional
         Meshes for the per-mesh claims (bundled names or files); default the bundled
-        ``genus2``.
+        ``genus2``. Each is scaled to total area ``4 pi`` first (:func:`normalized`).
     quick : bool
         Smaller analytic domains and patches (what CI runs; about a minute on 2 cores with the
         default mesh).
@@ -129,8 +146,10 @@ def reproduce(meshes: Sequence[str | Surface] | None = None, *, quick: bool = Fa
 
     if isinstance(meshes, (str, Surface)):
         meshes = [meshes]
-    cases = [C.Case(*load_mesh(m), quick=bool(quick), seed=int(seed))
-             for m in (meshes or [DEFAULT_MESH])]
+    cases = []
+    for spec in meshes or [DEFAULT_MESH]:
+        name, S = load_mesh(spec)
+        cases.append(C.Case(name, normalized(S), quick=bool(quick), seed=int(seed)))
     names = [c.name for c in cases]
     if len(set(names)) != len(names):
         for k, c in enumerate(cases):
