@@ -660,7 +660,7 @@ def check_heat_trace(quick: bool) -> tuple[list[Claim], Data]:
     S = icosphere(lev)
     ts = np.geomspace(0.1, 0.5, 12)
     ells = np.arange(0, 400)
-    worst, data, const = 0.0, {}, {}
+    worst, data, const, const_exact = 0.0, {}, {}, {}
     for n in (0, 1, 2):
         L, m = _operator(S, n)
         r = 1 / np.sqrt(m)
@@ -672,13 +672,21 @@ def check_heat_trace(quick: bool) -> tuple[list[Claim], Data]:
         worst = _mx(worst, float(rel.max()))
         X = np.stack([np.ones_like(ts), ts], 1)  # Tr - A/(4 pi t) ~ chi/6 + c t
         const[n] = float(np.linalg.lstsq(X, tr - m.sum() / (4 * np.pi * ts), rcond=None)[0][0])
+        const_exact[n] = float(np.linalg.lstsq(X, exact - 1 / ts, rcond=None)[0][0])
         data[n] = {"t": ts.tolist(), "discrete": tr.tolist(), "exact": exact.tolist(),
                    "asymptotic": (1 / ts + 1 / 3 + (1 / 15 - n * n / 6) * ts).tolist()}
+    spread = _mx(*[abs(const[n] - const[0]) for n in const])
+    spread_exact = max(abs(const_exact[n] - const_exact[0]) for n in const_exact)
     return [Claim(5, "heat_trace.sphere", f"icosphere({lev})",
                   "Tr exp(-t A_n) follows the sphere series 1/t + 1/3 + (1/15 - n^2/6) t + ...",
                   "max |Tr_discrete - sum (2l+1) e^{-t(l(l+1)-n^2)}| / Tr, t in [0.1, 0.5]",
                   worst, 0.04 if quick else 0.01,  # the bound scales like h^2
-                  details={"fitted_constant_by_type": const, "chi_over_6": 1 / 3})], {
+                  details={"fitted_constant_by_type": const, "chi_over_6": 1 / 3}),
+            Claim(5, "heat_trace.constant", f"icosphere({lev})",
+                  "the constant term chi/6 of the heat trace does not depend on the type n",
+                  "max_n |c_n - c_0|, c_n fitted from Tr - A/(4 pi t) = c_n + b_n t on [0.1, 0.5]",
+                  spread, 0.03, details={"fitted_constant_by_type": const,
+                                         "exact_series_fit_spread": spread_exact})], {
         "heat_trace": data}
 
 

@@ -168,7 +168,8 @@ def plot_field(S: Any, mesh: str, path: Path, *, t_over_h2: float = 200.0) -> st
     fig = plt.figure(figsize=(6, 5))
     ax = fig.add_subplot(projection="3d")
     ax.computed_zorder = False  # arrows (on the visible side only) drawn over the surface
-    col = np.log10(np.maximum(k[S.faces].mean(1), k.max() * 1e-6))
+    floor = max(float(k.max()) * 1e-6, float(np.finfo(np.float64).tiny))
+    col = np.log10(np.maximum(k[S.faces].mean(1), floor))
     col = (col - col.min()) / max(float(np.ptp(col)), 1e-300)
     shade = 0.55 + 0.45 * np.abs(S.face_normals @ np.array([0.3, 0.3, 0.9]) / np.linalg.norm(
         [0.3, 0.3, 0.9]))

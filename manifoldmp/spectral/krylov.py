@@ -66,8 +66,9 @@ class KrylovInfo:
     stored_basis: bool
 
 
-def _expm_tridiag(alpha: torch.Tensor, beta: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """``exp(-t_c T_c) e_1`` for the batch of symmetric tridiagonals ``T_c``.
+def _expm_tridiag(alpha: torch.Tensor, beta: torch.Tensor, t: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``exp(-t_c T_c) e_1`` for the batch of symmetric tridiagonals ``T_c``, scaled.
 
     Parameters
     ----------
@@ -79,7 +80,13 @@ def _expm_tridiag(alpha: torch.Tensor, beta: torch.Tensor, t: torch.Tensor) -> t
 
     Returns
     -------
-    (m, C) real tensor
+    coef : (m, C) real tensor
+        ``exp(-t_c (T_c - theta_min)) e_1``: never overflows, and never underflows as a whole
+        (its largest entry is of order one).
+    log_scale : (C,) real tensor
+        ``-t_c theta_min``; the result is ``coef * exp(log_scale)``. Keeping the two apart
+        matters: in early steps ``theta_min`` can be far above the smallest eigenvalue, and
+        ``exp(-t theta_min)`` underflows to 0 although the final answer does not.
     """
     m = alpha.shape[0]
     T = torch.diag_embed(alpha.T)  # (C, m, m)
@@ -88,11 +95,10 @@ def _expm_tridiag(alpha: torch.Tensor, beta: torch.Tensor, t: torch.Tensor) -> t
         T[:, idx, idx + 1] = beta.T
         T[:, idx + 1, idx] = beta.T
     theta, U = torch.linalg.eigh(T)  # (C, m), (C, m, m)
-    # shift by the smallest Ritz value so that exp never overflows; undo afterwards
     shift = theta[:, :1]
     w = torch.exp(-t[:, None] * (theta - shift)) * U[:, 0, :]  # (C, m)
-    coef = torch.einsum("cij,cj->ci", U, w) * torch.exp(-t[:, None] * shift)
-    return coef.T.contiguous()
+    coef = torch.einsum("cij,cj->ci", U, w)
+    return coef.T.contiguous(), -t * shift[:, 0]
 
 
 def _default_budget(device: torch.device) -> int:
@@ -157,6 +163,8 @@ def lanczos_expm(apply_B: Callable[[torch.Tensor], torch.Tensor], z: torch.Tenso
     steps = 0
     converged = False
     prev_coef: torch.Tensor | None = None
+    prev_log = torch.zeros(C, dtype=real, device=z.device)
+    log_scale = torch.zeros(C, dtype=real, device=z.device)
     while steps < max_steps:
         w = apply_B(q)
         # in-place updates: fresh (V, C) temporaries cost page faults that dominate on CPU
@@ -172,18 +180,20 @@ def lanczos_expm(apply_B: Callable[[torch.Tensor], torch.Tensor], z: torch.Tenso
         if steps % check_every == 0 or breakdown or steps == max_steps:
             a = torch.stack(alphas)
             b = torch.stack(betas) if betas else a.new_zeros(0, C)
-            coef = _expm_tridiag(a, b, t)  # (m, C)
+            coef, log_scale = _expm_tridiag(a, b, t)  # (m, C) scaled, (C,)
             ynorm = torch.linalg.vector_norm(coef, dim=0)
             # the basis is orthonormal, so ||y_m - y_p|| is the norm of the coefficient
             # difference: the change since the last check bounds the error of y_m (convergence
             # is superlinear, so it overestimates it); Saad's beta_m |e_m^T exp(-tT) e_1|
-            # guards the first check and the lucky-breakdown case
+            # guards the first check and the lucky-breakdown case. Both are compared in the
+            # current scale exp(log_scale) (the previous one is at most as large).
             est = beta * torch.abs(coef[-1])
             if prev_coef is not None:
                 diff = coef.clone()
-                diff[: prev_coef.shape[0]] -= prev_coef
+                factor = torch.exp(prev_log - log_scale)
+                diff[: prev_coef.shape[0]] -= prev_coef * factor[None, :]
                 est = torch.minimum(est, torch.linalg.vector_norm(diff, dim=0))
-            prev_coef = coef
+            prev_coef, prev_log = coef, log_scale
             rel = est / ynorm.clamp_min(torch.finfo(real).tiny)
             rel = torch.where(norm0 > 0, rel, torch.zeros_like(rel))
             err = float(rel.max())
@@ -205,7 +215,7 @@ def lanczos_expm(apply_B: Callable[[torch.Tensor], torch.Tensor], z: torch.Tenso
             f"Lanczos did not reach tol={tol:.1e} in {max_steps} steps (estimate {err:.1e}); "
             "raise max_steps, loosen tol, or use the spectral/implicit method for large t")
     m = coef.shape[0]
-    scale = (coef * norm0[None, :]).to(z.dtype)  # (m, C)
+    scale = (coef * (torch.exp(log_scale) * norm0)[None, :]).to(z.dtype)  # (m, C)
     products = steps
     y = torch.zeros_like(z)
     if basis is not None:

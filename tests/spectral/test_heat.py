@@ -107,6 +107,23 @@ def test_mass_conservation_and_identity(sphere3: mmp.Surface, method: str) -> No
     assert torch.allclose(H(x, 0.0), x, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("t", [10.0, 100.0])
+def test_krylov_delta_at_long_times(sphere3: mmp.Surface, dense_ops: dict, t: float) -> None:
+    # regression: a delta start has huge early Ritz values, exp(-t theta_min) underflowed to 0
+    # in the first checks and the stopping rule accepted a zero result; the answer is the
+    # equilibrium m_0 / area (mass conservation), far from zero
+    m = sphere3.vertex_areas
+    d = np.zeros((sphere3.n_vertices, 1))
+    d[0] = 1.0
+    y = np.asarray(mmp.HeatKernel(sphere3, 0, method="krylov", tol=1e-10)(d, t))[:, 0]
+    np.testing.assert_allclose(y, m[0] / m.sum(), rtol=1e-8)
+    ops = mmp.nn.precompute(sphere3, max_type=1, k_eig=0)
+    z = mmp.nn.functional.heat_flow(ops, 0, torch.from_numpy(d), torch.tensor([t / 4],
+                                    dtype=torch.float64), method="krylov").numpy()[:, 0]
+    ref = la.expm(-(t / 4) * dense_ops[0])[:, 0]
+    np.testing.assert_allclose(z, ref, rtol=1e-8, atol=1e-12)
+
+
 @pytest.mark.parametrize("method", ["krylov", "spectral", "implicit"])
 @pytest.mark.parametrize("n", [1, 2, -3])
 def test_gauge_covariance(method: str, n: int, rng: np.random.Generator) -> None:
