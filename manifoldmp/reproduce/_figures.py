@@ -28,23 +28,32 @@ def _save(fig: Any, path: Path) -> str:
     return path.name
 
 
+def _axes() -> tuple[Any, Any]:
+    return _plt().subplots(figsize=(5.5, 3.8))
+
+
+def _finish(fig: Any, ax: Any, path: Path, xlabel: str, ylabel: str, title: str,
+            legend_size: int = 8) -> str:
+    """Label, add the legend and save (the tail every line plot shares)."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=legend_size)
+    return _save(fig, path)
+
+
 def plot_energy(data: dict[str, Any], mesh: str, path: Path) -> str:
     """Energy ``E(t) / E(0)`` along the exact heat flow, one curve per (type, kappa)."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    fig, ax = _axes()
     for label, (t, e) in data["energy_curves"].items():
         ax.semilogy(t, e, label=label)
-    ax.set_xlabel("t / h^2")
-    ax.set_ylabel("E(t) / E(0)")
-    ax.set_title(f"Dirichlet energy along the bundle heat flow ({mesh})")
-    ax.legend(fontsize=8)
-    return _save(fig, path)
+    return _finish(fig, ax, path, "t / h^2", "E(t) / E(0)",
+                   f"Dirichlet energy along the bundle heat flow ({mesh})")
 
 
 def plot_convergence(data: dict[str, Any], mesh: str, path: Path) -> str:
     """Log-log error of m explicit / implicit Euler steps against the exact semigroup."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    fig, ax = _axes()
     for n, c in data["convergence"].items():
         for kind, mark in (("explicit", "o-"), ("implicit", "s--")):
             tau, err = np.array(c[f"tau_{kind}"]), np.array(c[f"err_{kind}"])
@@ -53,24 +62,17 @@ def plot_convergence(data: dict[str, Any], mesh: str, path: Path) -> str:
     tau = np.array(c["tau_implicit"])
     ref = np.array(c["err_implicit"])[-1] * tau / tau[-1]
     ax.loglog(tau, ref, "k:", label="slope 1")
-    ax.set_xlabel("time step tau")
-    ax.set_ylabel("relative M-norm error")
-    ax.set_title(f"Euler steps -> exact heat semigroup ({mesh})")
-    ax.legend(fontsize=8)
-    return _save(fig, path)
+    return _finish(fig, ax, path, "time step tau", "relative M-norm error",
+                   f"Euler steps -> exact heat semigroup ({mesh})")
 
 
 def plot_stability(data: dict[str, Any], mesh: str, path: Path) -> str:
     """Norm of explicit Euler iterates just below and just above ``tau lambda_max = 2``."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    fig, ax = _axes()
     for label, norms in data["stability"].items():
         ax.semilogy(norms, label=label)
-    ax.set_xlabel("explicit step")
-    ax.set_ylabel("|u_k|_M / |u_0|_M")
-    ax.set_title(f"explicit Euler stability limit ({mesh})")
-    ax.legend(fontsize=8)
-    return _save(fig, path)
+    return _finish(fig, ax, path, "explicit step", "|u_k|_M / |u_0|_M",
+                   f"explicit Euler stability limit ({mesh})")
 
 
 def plot_sphere_spectra(data: dict[str, Any], path: Path) -> str:
@@ -100,34 +102,26 @@ def plot_sphere_spectra(data: dict[str, Any], path: Path) -> str:
 
 def plot_casimir_limit(data: dict[str, Any], path: Path) -> str:
     """Relative error of the cyclic-group Casimir ``C_N(n)`` against ``n^2``."""
-    plt = _plt()
     cd = data["casimir_limit"]
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    fig, ax = _axes()
     N = np.array(cd["N"])
     for n, r in cd["rel"].items():
         ax.loglog(N, r, "o-", label=f"n={n}")
     ax.loglog(N, cd["rel"][1][0] * (N / N[0]) ** -2.0, "k:", label="slope -2")
-    ax.set_xlabel("orientations N")
-    ax.set_ylabel("|C_N(n) - n^2| / n^2")
-    ax.set_title("discrete Casimir of Z_N -> n^2")
-    ax.legend(fontsize=8)
-    return _save(fig, path)
+    return _finish(fig, ax, path, "orientations N", "|C_N(n) - n^2| / n^2",
+                   "discrete Casimir of Z_N -> n^2")
 
 
 def plot_heat_trace(data: dict[str, Any], path: Path) -> str:
     """``Tr e^{-tA_n} - 1/t`` of the icosphere, the exact series and the two-term asymptotics."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    fig, ax = _axes()
     for n, d in data["heat_trace"].items():
         t = np.array(d["t"])
         ax.plot(t, np.array(d["discrete"]) - 1 / t, "o", ms=4, label=f"n={n} discrete")
         ax.plot(t, np.array(d["exact"]) - 1 / t, "-", label=f"n={n} exact series")
         ax.plot(t, np.array(d["asymptotic"]) - 1 / t, ":", color="gray")
-    ax.set_xlabel("t")
-    ax.set_ylabel("Tr exp(-t A_n) - A/(4 pi t)")
-    ax.set_title("heat trace of the unit sphere (dotted: 1/3 + (1/15 - n^2/6) t)")
-    ax.legend(fontsize=7)
-    return _save(fig, path)
+    return _finish(fig, ax, path, "t", "Tr exp(-t A_n) - A/(4 pi t)",
+                   "heat trace of the unit sphere (dotted: 1/3 + (1/15 - n^2/6) t)", 7)
 
 
 def plot_varadhan(data: dict[str, Any], path: Path) -> str:
