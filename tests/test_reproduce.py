@@ -198,3 +198,17 @@ def test_aggregates_do_not_hide_nan():
     assert math.isnan(C._mx(0.1, float("nan"), 0.2)) and math.isnan(C._mn(float("nan"), 1.0))
     assert math.isnan(C._farthest([1.0, float("nan")], 1.0))
     assert C._farthest([0.9, 1.2, 1.05], 1.0) == 1.2
+
+
+def test_source_vertex_is_on_the_largest_component():
+    import trimesh
+
+    small = trimesh.creation.icosphere(1, radius=0.1)
+    big = trimesh.creation.icosphere(2)
+    big.vertices += [3.0, 0.0, 0.0]
+    S = mmp.Surface(*(lambda m: (m.vertices, m.faces))(trimesh.util.concatenate([small, big])))
+    src = C.source_vertex(S)
+    comp = S.vertex_components
+    assert src == small.vertices.shape[0] and np.sum(comp == comp[src]) == 162
+    P = C.patch(S, 50, src)  # the patch grows inside that component
+    assert P.n_components == 1 and P.vertices[:, 0].min() > 1.5  # the big sphere spans x >= 2

@@ -144,13 +144,14 @@ def plot_field(S: Any, mesh: str, path: Path, *, t_over_h2: float = 200.0) -> st
 
     from manifoldmp.nn.functional import heat_flow
     from manifoldmp.operators.bundle import precompute
+    from manifoldmp.reproduce._claims import source_vertex
 
     plt = _plt()
     V = S.n_vertices
     ops = precompute(S, max_type=1, k_eig=0, progress=False)
     t = torch.tensor([t_over_h2 * S.mean_edge_length ** 2], dtype=torch.float64)
     delta = torch.zeros(V, 1, dtype=torch.float64)
-    delta[0] = 1.0
+    delta[source_vertex(S)] = 1.0
     k = heat_flow(ops, 0, delta, t, method="krylov").numpy()[:, 0]
     z = heat_flow(ops, 1, delta.to(torch.complex128), t, method="krylov").numpy()[:, 0]
     fr = S.frames
@@ -188,7 +189,7 @@ def plot_field(S: Any, mesh: str, path: Path, *, t_over_h2: float = 200.0) -> st
     ax.set_box_aspect(np.maximum(hi - lo, 1e-3 * span))
     ax.view_init(elev=35, azim=-60)
     ax.set_axis_off()
-    ax.set_title(f"heat kernel from vertex 0 (log colour) and the vector heat-transported\n"
+    ax.set_title(f"heat kernel from one vertex (log colour) and the vector heat-transported\n"
                  f"from it (arrows, visible side) ({mesh})",
                  fontsize=9)
     return _save(fig, path)
