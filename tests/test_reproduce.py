@@ -146,6 +146,14 @@ def test_bad_mesh_arguments(tmp_path, capsys):
     assert exc.value.code == 2 and "bundled mesh" in capsys.readouterr().err
     with pytest.raises(mmp.ParameterError, match="bundled name"):
         load_mesh(3.5)
+    afile = tmp_path / "file.txt"
+    afile.write_text("x")
+    with pytest.raises(mmp.ParameterError, match="is a file"):
+        reproduce("genus2", out=afile)
+    with pytest.raises(mmp.ParameterError, match="seed"):
+        reproduce("genus2", seed=-1)
+    with pytest.raises(mmp.ParameterError, match="quick"):
+        reproduce("genus2", quick="yes")
     pts = tmp_path / "cloud.ply"
     import trimesh
 

@@ -40,6 +40,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from manifoldmp.errors import ParameterError
+from manifoldmp.mesh.validate import validate_int
 from manifoldmp.reproduce import _claims as C
 from manifoldmp.reproduce import _figures as F
 from manifoldmp.reproduce._report import Claim, Report
@@ -117,9 +118,9 @@ def _run(task: str, fn: Callable[[], tuple[list[Claim], dict[str, Any]]], sectio
     return claims, data
 
 
-def reproduce(meshes: Sequence[str | Surface] | None = None, *, quick: bool = False,
-              out: str | Path | None = None, progress: bool | None = None,
-              seed: int = 0) -> Report:
+def reproduce(meshes: Sequence[str | Path | Surface] | str | Path | Surface | None = None,
+              *, quick: bool = False, out: str | Path | None = None,
+              progress: bool | None = None, seed: int = 0) -> Report:
     """Measure every claim of the derivation and write the report.
 
     Parameters
@@ -141,10 +142,24 @@ def reproduce(meshes: Sequence[str | Surface] | None = None, *, quick: bool = Fa
     Returns
     -------
     Report
+
+    Raises
+    ------
+    ParameterError
+        On an unknown mesh, a file without triangles, a negative seed or an ``out`` that is a
+        file.
     """
     from manifoldmp import __version__
 
-    if isinstance(meshes, (str, Surface)):
+    seed = validate_int(seed, "seed", minimum=0)
+    if not isinstance(quick, bool):
+        raise ParameterError(f"quick must be True or False, got {quick!r}")
+    if out is not None:
+        if not isinstance(out, (str, Path)):
+            raise ParameterError(f"out must be a folder path, got {out!r}")
+        if Path(out).exists() and not Path(out).is_dir():
+            raise ParameterError(f"out must be a folder, but {str(out)!r} is a file")
+    if isinstance(meshes, (str, Path, Surface)):
         meshes = [meshes]
     cases = []
     for spec in meshes or [DEFAULT_MESH]:
