@@ -25,6 +25,7 @@ import torch
 
 from manifoldmp.errors import ManifoldmpError, ParameterError
 from manifoldmp.operators.bundle import OperatorBundle
+from manifoldmp.operators.sparse import column_real_dot
 from manifoldmp.spectral.krylov import lanczos_expm
 
 __all__ = ["HEAT_METHODS", "heat_flow"]
@@ -97,8 +98,7 @@ class _Krylov(torch.autograd.Function):
                 gx = m * _krylov_raw(ops, n, g / m, t, ctx.tol)
             if ctx.needs_input_grad[1]:   # d/dt y = -A y
                 Ay = _spmm(_laplacian(ops, n, y.dtype), y) / m
-                prod = g.conj() * Ay
-                gt = -(prod.real if prod.is_complex() else prod).sum(dim=0).to(t.dtype)
+                gt = -column_real_dot(g, Ay).to(t.dtype)
         return gx, gt, None, None, None
 
 
@@ -186,8 +186,8 @@ class _BackwardEuler(torch.autograd.Function):
             gx = ops.mass[:, None].to(g.dtype) * u if ctx.needs_input_grad[0] else None
             gt = None
             if ctx.needs_input_grad[1]:                    # dy/dtau = -(M + tau L)^-1 L y
-                prod = u.conj() * _spmm(_laplacian(ops, n, y.dtype), y)
-                gt = -(prod.real if prod.is_complex() else prod).sum(dim=0).to(tau.dtype)
+                Ly = _spmm(_laplacian(ops, n, y.dtype), y)
+                gt = -column_real_dot(u, Ly).to(tau.dtype)
         return gx, gt, None, None, None
 
 

@@ -15,6 +15,18 @@ from manifoldmp.mesh.validate import validate_choice
 __all__ = ["complex_to_real_block", "to_torch_sparse"]
 
 
+def column_real_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``Re sum_i conj(a_ic) b_ic`` per column: ``(C,)`` real (the time gradients of heat flows).
+
+    Parameters
+    ----------
+    a, b : (V, C) Tensor
+        Real or complex, same shape.
+    """
+    prod = a.conj() * b
+    return (prod.real if prod.is_complex() else prod).sum(dim=0)
+
+
 def complex_dtype(real: torch.dtype) -> torch.dtype:
     """The complex dtype with the precision of the real ``real`` (float32 -> complex64)."""
     return torch.complex64 if real == torch.float32 else torch.complex128

@@ -41,7 +41,7 @@ import torch
 from manifoldmp.errors import ParameterError
 from manifoldmp.mesh.validate import validate_choice, validate_int, validate_positive
 from manifoldmp.operators.laplacian import _check_domain, connection_laplacian
-from manifoldmp.operators.sparse import complex_dtype
+from manifoldmp.operators.sparse import column_real_dot, complex_dtype
 from manifoldmp.spectral.eigen import DENSE_LIMIT, EigenResult, generalized_eigsh
 from manifoldmp.spectral.implicit import SCHEMES, error_bound, factorize_shifted, sdirk_steps
 from manifoldmp.spectral.krylov import KrylovInfo, lanczos_expm
@@ -422,9 +422,7 @@ class _HeatFunction(torch.autograd.Function):
                 Ay = solver._apply_A(y)
                 if method == "implicit":  # backward Euler: d/dt R(tA/m)^m x = -(I + tau A)^-1 A y
                     Ay = solver._resolvent(Ay, t / solver.steps)
-                prod = g.conj() * Ay
-                gt = -torch.real(prod).sum(dim=0) if prod.is_complex() else -prod.sum(dim=0)
-                gt = gt.to(t.dtype)
+                gt = -column_real_dot(g, Ay).to(t.dtype)
         return gx, gt, None, None
 
 
