@@ -106,6 +106,12 @@ def test_claim_relations():
     assert rep.to_dict()["claims"][0]["measured"] == "nan"
     with pytest.raises(KeyError):
         rep.get("missing")
+    with pytest.raises(mmp.ParameterError, match="relation"):
+        Claim(1, "k", "d", "c", "f", 1.0, 1.0, "below")
+    with pytest.raises(mmp.ParameterError, match="target"):
+        Claim(1, "k", "d", "c", "f", 1.0, 1.0, "near")
+    with pytest.raises(mmp.ParameterError, match="tolerance"):
+        Claim(1, "k", "d", "c", "f", 1.0, float("nan"))
 
 
 def test_frame_bundle_operator_is_the_fourier_sum_of_bundle_operators():

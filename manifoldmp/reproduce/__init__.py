@@ -94,7 +94,11 @@ def normalized(S: Surface) -> Surface:
     sphere, THEORY.md 2.1), so the claims are measured at the scale where ``kappa = 1`` is the
     frame-bundle reading; every other claim is scale-invariant (times are in units of ``h^2``).
     """
-    scale = float(np.sqrt(4 * np.pi / S.face_areas.sum()))
+    area = float(S.face_areas.sum())
+    if not (np.isfinite(area) and area > 0):
+        raise ParameterError(f"the mesh must have a positive finite area to be normalized, "
+                             f"got {area!r}")
+    scale = float(np.sqrt(4 * np.pi / area))
     if abs(scale - 1.0) < 1e-12:
         return S
     if S.is_embedded:

@@ -10,6 +10,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from manifoldmp.errors import ParameterError
+
 __all__ = ["Claim", "Report"]
 
 Relation = Literal["max", "min", "near"]
@@ -54,6 +56,15 @@ class Claim:
     relation: Relation = "max"
     target: float | None = None
     details: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.relation not in ("max", "min", "near"):
+            raise ParameterError(f"relation must be 'max', 'min' or 'near', got {self.relation!r}")
+        if self.relation == "near" and self.target is None:
+            raise ParameterError("relation 'near' needs a target value")
+        if not (isinstance(self.tolerance, (int, float)) and math.isfinite(self.tolerance)
+                and self.tolerance >= 0):
+            raise ParameterError(f"tolerance must be a finite number >= 0, got {self.tolerance!r}")
 
     @property
     def passed(self) -> bool:
