@@ -46,6 +46,33 @@ def _spmm(A: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return A @ x
 
 
+class _SparseProduct(torch.autograd.Function):
+    """``A @ x`` for a constant sparse ``A`` with a given (cached) adjoint ``A^H``.
+
+    torch's own backward of a CSR product transposes and re-sorts ``A`` on every call.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, A: torch.Tensor, AH: torch.Tensor) -> torch.Tensor:
+        ctx.AH = AH
+        return _spmm(A, x)
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[Any, ...]:
+        return _spmm(ctx.AH, g), None, None
+
+
+def sparse_product(A: torch.Tensor, x: torch.Tensor, AH: torch.Tensor) -> torch.Tensor:
+    """``A @ x`` for a constant sparse ``A``, differentiable in ``x : (V, C)`` through ``AH``.
+
+    ``AH`` is ``A^H`` (the bundles cache it). Real ``A`` with complex ``x`` is applied part by
+    part.
+    """
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _SparseProduct.apply(x, A, AH)
+    return _spmm(A, x)
+
+
 def _laplacian(ops: OperatorBundle, n: int, dtype: torch.dtype) -> torch.Tensor:
     L = ops.laplacian(n)
     want = dtype if (L.is_complex() == dtype.is_complex) else (
@@ -64,17 +91,18 @@ def heat_spectral(ops: OperatorBundle, n: int, x: torch.Tensor, t: torch.Tensor
     if not ops.evals:
         raise ParameterError("spectral diffusion needs eigenpairs: precompute(..., k_eig > 0)")
     lam = ops.evals[n]
-    # work with the orthonormal Psi = M^1/2 Phi: products with the M-orthonormal Phi cancel
-    # badly in float32 when the masses vary (point clouds)
-    key = ("psi", n, x.dtype)
+    # cached analysis Phi^H M (K, V) and synthesis Phi (V, K), in the features' dtype: two
+    # matrix products per call and no elementwise pass over the (V, C) features
+    key = ("spectral", n, x.dtype)
     if key not in ops._cache:
-        psi = torch.sqrt(ops.mass)[:, None] * ops.evecs[n]
-        ops._cache[key] = psi.to(x.dtype) if x.is_complex() else psi
-    psi = ops._cache[key]
-    s = torch.sqrt(ops.mass)[:, None].to(x.dtype)
-    coef = psi.conj().T @ (s * x)                                   # (K, C)
+        phi = ops.evecs[n]
+        dt = x.dtype if x.is_complex() else phi.dtype
+        ops._cache[key] = ((ops.mass[:, None] * phi).conj().T.contiguous().to(dt),
+                           phi.contiguous().to(dt))
+    analysis, synthesis = ops._cache[key]
+    coef = analysis @ x                                             # (K, C)
     decay = torch.exp(-lam[:, None] * t[None, :])                   # (K, C)
-    return (psi @ (coef * decay.to(coef.dtype))) / s
+    return synthesis @ (coef * decay)
 
 
 class _Krylov(torch.autograd.Function):
@@ -204,12 +232,12 @@ def heat_implicit(ops: OperatorBundle, n: int, x: torch.Tensor, t: torch.Tensor,
 def heat_explicit(ops: OperatorBundle, n: int, x: torch.Tensor, t: torch.Tensor, *,
                   steps: int = 1) -> torch.Tensor:
     """``steps`` forward-Euler steps: ``u+ = u - tau (d/m) u + tau sum_j w_ij/m_i r_ji^n u_j``."""
-    P = ops.edge_operator(n, 0)
+    P, PH = ops.edge_operator(n, 0), ops.edge_operator_adjoint(n, 0)
     tau = (t / steps)[None, :]
     d = ops.degree()[:, None]
     y = x
     for _ in range(steps):
-        y = y - tau * (d * y) + tau * _spmm(P, y)
+        y = y - tau * (d * y) + tau * sparse_product(P, y, PH)
     return y
 
 

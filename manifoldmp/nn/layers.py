@@ -23,7 +23,7 @@ from torch import nn
 
 from manifoldmp.errors import ParameterError
 from manifoldmp.nn.field_type import FieldType
-from manifoldmp.nn.functional import HEAT_METHODS, _spmm, heat_flow
+from manifoldmp.nn.functional import HEAT_METHODS, heat_flow, sparse_product
 from manifoldmp.operators.bundle import OperatorBundle
 from manifoldmp.operators.sparse import complex_dtype
 
@@ -246,12 +246,27 @@ class Gradient(GaugeModule):
     def apply(self, parts: Parts, ops: OperatorBundle) -> Parts:
         """Apply the layer to features split by type (see :meth:`GaugeModule.apply`)."""
         x = parts[0]
-        return {1: _spmm(ops.gradient, x.to(complex_dtype(x.dtype)))}
+        return {1: sparse_product(ops.gradient, x.to(complex_dtype(x.dtype)),
+                                  ops.gradient_adjoint())}
+
+
+def _codifferential(ops: OperatorBundle, X: torch.Tensor) -> torch.Tensor:
+    """``Y = -M^-1 G^H M X``: divergence ``Re Y`` and curl ``Im Y`` from one sparse product.
+
+    ``curl X = -div(1j X) = Re(1j M^-1 G^H M X) = Im Y``.
+    """
+    m = ops.mass[:, None]
+    return sparse_product(ops.gradient_adjoint(), m.to(X.dtype) * X, ops.gradient) / (-m)
 
 
 def _divergence(ops: OperatorBundle, X: torch.Tensor) -> torch.Tensor:
-    m = ops.mass[:, None]
-    return -(_spmm(ops.gradient_adjoint(), m.to(X.dtype) * X)).real / m
+    return _codifferential(ops, X).real
+
+
+def div_curl(ops: OperatorBundle, X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Divergence and curl of every vector channel ``X : (V, C)`` from one sparse product."""
+    Y = _codifferential(ops, X)
+    return Y.real, Y.imag
 
 
 class Divergence(GaugeModule):
@@ -275,7 +290,7 @@ class Curl(GaugeModule):
 
     def apply(self, parts: Parts, ops: OperatorBundle) -> Parts:
         """Apply the layer to features split by type (see :meth:`GaugeModule.apply`)."""
-        return {0: -_divergence(ops, 1j * parts[1])}
+        return {0: div_curl(ops, parts[1])[1]}
 
 
 # ---------------------------------------------------------------------- products
@@ -393,32 +408,149 @@ class ProductBasis(GaugeModule):
             str(n): _init_complex(K, m, 1 / math.sqrt(K)) for m, n in self.out_type
             if any(sum(c) == n for c in paths)})
 
+    def embed_features(self, parts: Parts) -> list[torch.Tensor]:
+        """Single-particle basis ``A^{(n)} = x^{(n)} E^{(n)}``: one complex ``(V, K)`` per type."""
+        out = []
+        for _, n in self.in_type:
+            x, E = parts[n], self.embed[str(n)]
+            if x.is_complex():
+                out.append(x @ _cweight(E).to(x.dtype))
+            else:   # real x times complex E as one real product, no complex copy of x
+                K = E.shape[1]
+                out.append(torch.view_as_complex((x @ E.to(x.dtype).reshape(E.shape[0], 2 * K))
+                                                 .reshape(x.shape[0], K, 2)))
+        return out
+
+    def contract(self, A: list[torch.Tensor], *, reference: bool = False) -> list[torch.Tensor]:
+        """``B^{(p)}`` for the output types ``p`` of :attr:`outputs` from the embedded ``A``.
+
+        The fast path is a custom autograd function with a hand-written backward (fused
+        multiply-adds, each conjugate formed once); ``reference=True`` is the plain autograd
+        prefix tree it is tested against.
+        """
+        w = _cweight(self.path_weights).to(A[0].dtype)
+        if reference:
+            return _contract_reference(self._plan, w, A)
+        return list(_Contract.apply(self._plan, w, *A))
+
+    @property
+    def _plan(self) -> tuple[tuple[int, ...], tuple[tuple[int, ...], ...], tuple[int, ...]]:
+        outputs = tuple(sorted({sum(c) for c in self.paths}))
+        return self.in_type.types, tuple(self.paths), outputs
+
     def apply(self, parts: Parts, ops: OperatorBundle | None = None) -> Parts:
         """Apply the layer to features split by type (see :meth:`GaugeModule.apply`)."""
-        A: dict[int, torch.Tensor] = {}
-        for _, n in self.in_type:
-            x = parts[n]
-            x = x if x.is_complex() else x.to(complex_dtype(x.dtype))
-            a = x @ _cweight(self.embed[str(n)]).to(x.dtype)
-            A[n] = a
-            if n:
-                A[-n] = a.conj()
-        prefix: dict[tuple[int, ...], torch.Tensor] = {}
-
-        def product(combo: tuple[int, ...]) -> torch.Tensor:
-            if combo not in prefix:
-                prefix[combo] = A[combo[0]] if len(combo) == 1 else \
-                    product(combo[:-1]) * A[combo[-1]]
-            return prefix[combo]
-
-        w = _cweight(self.path_weights)
-        B: Parts = {}
-        for i, combo in enumerate(self.paths):
-            p = sum(combo)
-            term = product(combo) * w[i].to(A[combo[0]].dtype)
-            B[p] = B[p] + term if p in B else term
-        acc = {p: B[p] @ _cweight(self.readout[str(p)]).to(B[p].dtype) for p in B}
+        B = self.contract(self.embed_features(parts))
+        acc = {p: b @ _cweight(self.readout[str(p)]).to(b.dtype)
+               for p, b in zip(self._plan[2], B, strict=True)}
         return _finish(acc, self.out_type, parts)
+
+
+_Plan = tuple[tuple[int, ...], tuple[tuple[int, ...], ...], tuple[int, ...]]
+
+
+def _signed_basis(types: tuple[int, ...], A: list[torch.Tensor], *, resolve: bool
+                  ) -> dict[int, torch.Tensor]:
+    out = {}
+    for n, a in zip(types, A, strict=True):
+        out[n] = a
+        if n:
+            out[-n] = a.conj().resolve_conj() if resolve else a.conj()
+    return out
+
+
+def _products(S: dict[int, torch.Tensor]) -> Callable[[tuple[int, ...]], torch.Tensor]:
+    """Memoized ``prod_xi S[s_xi]`` over sorted combos, built by a prefix tree."""
+    cache: dict[tuple[int, ...], torch.Tensor] = {}
+
+    def product(combo: tuple[int, ...]) -> torch.Tensor:
+        if combo not in cache:
+            cache[combo] = S[combo[0]] if len(combo) == 1 else \
+                product(combo[:-1]) * S[combo[-1]]
+        return cache[combo]
+    return product
+
+
+def _contract_reference(plan: _Plan, w: torch.Tensor, A: list[torch.Tensor]
+                        ) -> list[torch.Tensor]:
+    """``B^{(p)} = sum_{paths -> p} w_path * prod A^{(s)}``, plain autograd (the reference)."""
+    types, paths, outputs = plan
+    product = _products(_signed_basis(types, A, resolve=False))
+    B: dict[int, torch.Tensor] = {}
+    for i, combo in enumerate(paths):
+        p = sum(combo)
+        term = product(combo) * w[i]
+        B[p] = B[p] + term if p in B else term
+    return [B[p] for p in outputs]
+
+
+class _Contract(torch.autograd.Function):
+    """The product-basis contraction with a hand-written backward (see ``contract``).
+
+    Every signed type ``s`` is treated as its own variable ``A^{(s)}`` (``A^{(-n)} =
+    conj A^{(n)}``); the torch gradient of path ``w prod_xi A^{(s_xi)}`` with respect to
+    factor ``xi`` is ``g conj(w) prod_{zeta != xi} conj(A^{(s_zeta)})`` and the conjugate
+    variables fold back as ``grad A^{(n)} = D^{(n)} + conj(D^{(-n)})``.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, plan: _Plan, w: torch.Tensor, *A: torch.Tensor) -> tuple:
+        types, paths, outputs = plan
+        S = _signed_basis(types, list(A), resolve=True)
+        product = _products(S)
+        B: dict[int, torch.Tensor] = {}
+        for i, combo in enumerate(paths):
+            p = sum(combo)
+            if p in B:
+                B[p].addcmul_(product(combo), w[i])
+            else:
+                B[p] = product(combo) * w[i]
+        ctx.plan, ctx.S, ctx.product = plan, S, product
+        ctx.save_for_backward(w)
+        return tuple(B[p] for p in outputs)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, *grads: torch.Tensor) -> tuple:
+        types, paths, outputs = ctx.plan
+        (w,) = ctx.saved_tensors
+        product, S = ctx.product, ctx.S
+        # conjugates of the factors (conj A^{(0)} is not A^{(0)}: the embedded scalars are
+        # complex)
+        Sc = {s: S[-s] for s in S if s}
+        if 0 in S:
+            Sc[0] = S[0].conj().resolve_conj()
+        conj_product = _products(Sc)
+        G = dict(zip(outputs, grads, strict=True))
+        gw = torch.zeros_like(w) if ctx.needs_input_grad[1] else None
+        D: dict[int, torch.Tensor] = {}
+        for i, combo in enumerate(paths):
+            g = G[sum(combo)]
+            if g is None:
+                continue
+            if gw is not None:
+                gw[i] = torch.linalg.vecdot(product(combo), g, dim=0)
+            gi = g * w[i].conj()
+            for j, s in enumerate(combo):
+                others = combo[:j] + combo[j + 1:]
+                if not others:
+                    D[s] = D[s] + gi if s in D else gi
+                    continue
+                conj_others = conj_product(others)
+                if s in D:
+                    D[s].addcmul_(gi, conj_others)
+                else:
+                    D[s] = gi * conj_others
+        gA = []
+        for n, need in zip(types, ctx.needs_input_grad[2:], strict=True):
+            if not need:
+                gA.append(None)
+                continue
+            d = D.get(n)
+            if n and -n in D:
+                d = D[-n].conj() if d is None else d + D[-n].conj()
+            gA.append(d)
+        return (None, gw, *gA)
 
 
 class AnisotropicConv(GaugeModule):
@@ -458,7 +590,7 @@ class AnisotropicConv(GaugeModule):
         for (n, k, p, conj), W in zip(self.routes, self.kernels, strict=True):
             x = parts[n]
             x = x if x.is_complex() else x.to(complex_dtype(x.dtype))
-            msg = _spmm(ops.edge_operator(n, k), x)
+            msg = sparse_product(ops.edge_operator(n, k), x, ops.edge_operator_adjoint(n, k))
             if k == 0:
                 msg = msg - d * x
             if conj:

@@ -26,6 +26,7 @@ from manifoldmp.nn.layers import (
     Parts,
     ProductBasis,
     check_ops,
+    div_curl,
     global_pool,
     invariants,
     to_faces,
@@ -74,7 +75,9 @@ class GaugeBlock(GaugeModule):
         if order >= 2:
             prod_in = _concat_type(self.in_type, *([self.gradient.out_type]
                                                    if self.gradient is not None else []))
-            self.products = ProductBasis(prod_in, self.in_type, order=order)
+            # MACE's width rule: the product basis has as many channels as the hidden features
+            self.products = ProductBasis(prod_in, self.in_type, order=order,
+                                         channels=max(m for m, _ in self.in_type))
             pieces.append(self.in_type)
         cat = _concat_type(*pieces)
         self.nonlin = GatedNonlinearity(self.in_type)
@@ -89,8 +92,9 @@ class GaugeBlock(GaugeModule):
         if self.gradient is not None:
             grad = self.gradient.apply({0: d[0]}, ops)
             feats.append(grad)
-        if self.div is not None:
-            feats += [self.div.apply({1: d[1]}, ops), self.curl.apply({1: d[1]}, ops)]
+        if self.div is not None:   # the two share one sparse product (Divergence, Curl)
+            div, curl = div_curl(ops, d[1])
+            feats += [{0: div}, {0: curl}]
         if self.products is not None:
             feats.append(self.products.apply(_concat(d, grad), ops))
         h = self.mix1.apply(_concat(*feats))

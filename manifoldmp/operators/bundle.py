@@ -54,6 +54,16 @@ def _csr(A: sp.spmatrix) -> torch.Tensor:
                                        size=A.shape)
 
 
+def _adjoint_csr(A: torch.Tensor) -> torch.Tensor:
+    """Conjugate transpose ``A^H`` of a sparse CSR tensor, as sorted CSR."""
+    C = A.to_sparse_coo()
+    AH = torch.sparse_coo_tensor(C.indices().flip(0), C.values().conj_physical(),
+                                 (A.shape[1], A.shape[0]))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        return AH.coalesce().to_sparse_csr()
+
+
 def _csr_parts(T: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int]]:
     return T.crow_indices(), T.col_indices(), T.values(), list(T.shape)
 
@@ -202,6 +212,13 @@ class OperatorBundle:
                 self._cache[key] = P.to_sparse_csr()
         return self._cache[key]
 
+    def edge_operator_adjoint(self, n: int, k: int = 0) -> torch.Tensor:
+        """``P^H`` of :meth:`edge_operator` (sparse CSR, cached): the backward of its product."""
+        key = ("edgeH", n, k)
+        if key not in self._cache:
+            self._cache[key] = _adjoint_csr(self.edge_operator(n, k))
+        return self._cache[key]
+
     def degree(self) -> torch.Tensor:
         """``(V,)`` ``d_i / m_i`` with ``d_i = sum_j w_ij`` (the diagonal of ``M^-1 L_n``)."""
         if "degree" not in self._cache:
@@ -212,11 +229,7 @@ class OperatorBundle:
     def gradient_adjoint(self) -> torch.Tensor:
         """``G^H`` (sparse CSR), for the divergence ``-M^-1 Re(G^H M X)``."""
         if "GH" not in self._cache:
-            G = self.gradient.to_sparse_coo()
-            GH = torch.sparse_coo_tensor(G.indices().flip(0), G.values().conj(), G.shape)
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-                self._cache["GH"] = GH.coalesce().to_sparse_csr()
+            self._cache["GH"] = _adjoint_csr(self.gradient)
         return self._cache["GH"]
 
     # ------------------------------------------------------------------ conversion

@@ -273,6 +273,51 @@ def test_product_basis_is_a_polynomial_of_degree_order(order: int) -> None:
     assert float(last.abs().max()) < 1e-10 * float(ys.abs().max())
 
 
+@pytest.mark.parametrize(("order", "homogeneous"), [(1, False), (2, False), (2, True),
+                                                    (3, False), (3, True)])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_product_contraction_matches_autograd_reference(order: int, homogeneous: bool,
+                                                        dtype: torch.dtype) -> None:
+    """The hand-written backward of the product basis against plain autograd: values, the
+    gradients of every input and of the path weights (one input without gradient)."""
+    torch.manual_seed(order)
+    layer = mnn.ProductBasis("3x0+2x1+2x2+1x3", "2x0+2x1+1x2+1x3", order=order,
+                             homogeneous=homogeneous).to(dtype)
+    cd = torch.complex128 if dtype == torch.float64 else torch.complex64
+    A = [torch.randn(7, layer.channels, dtype=cd, requires_grad=n != 2)
+         for n in layer.in_type.types]
+    tol = {"rtol": 1e-12, "atol": 1e-12} if dtype == torch.float64 else \
+        {"rtol": 1e-5, "atol": 1e-5}
+    results = []
+    for ref in (False, True):
+        layer.zero_grad()
+        for a in A:
+            a.grad = None
+        B = layer.contract(A, reference=ref)
+        loss = sum((b * torch.randn(b.shape, dtype=cd, generator=torch.Generator()
+                                    .manual_seed(i))).real.sum() for i, b in enumerate(B))
+        loss.backward()
+        results.append([*B, layer.path_weights.grad.clone(),
+                        *(a.grad for a in A if a.requires_grad)])
+    assert A[2].grad is None
+    assert len(results[0]) == len(results[1])
+    for fast, ref in zip(*results, strict=True):
+        assert float(ref.detach().abs().max()) > 0.1
+        torch.testing.assert_close(fast, ref, **tol)
+
+
+def test_product_contraction_gradcheck() -> None:
+    torch.manual_seed(0)
+    layer = mnn.ProductBasis("1x0+1x1+1x2", "1x0+1x1+1x2", order=3).double()
+    A = [torch.randn(4, layer.channels, dtype=torch.complex128, requires_grad=True)
+         for _ in range(3)]
+    w = torch.randn(len(layer.paths), layer.channels, dtype=torch.complex128,
+                    requires_grad=True)
+    from manifoldmp.nn.layers import _Contract
+
+    assert torch.autograd.gradcheck(lambda w, *a: _Contract.apply(layer._plan, w, *a), (w, *A))
+
+
 def test_product_selection_rules_under_random_gauges() -> None:
     """Diffused type 1 x type 2 transforms as type 3, conj(type 1) x type 2 as type 1."""
     S = bumpy_sphere(2)
