@@ -10,7 +10,7 @@ features]`` with a residual connection; a linear layer in and out. Both models u
 gradient operator; precomputation is not timed.
 
 Usage: ``python benchmarks/bench_nn.py [--levels 5] [--width 128] [--blocks 4] [--k 128]
-[--repeats 3] [--dtype float32]``. ``--levels 5`` is ``icosphere(5)`` (10,242 vertices);
+[--repeats 5] [--dtype float32]``. ``--levels 5`` is ``icosphere(5)`` (10,242 vertices);
 ``--torus`` adds the 100k-vertex torus of ``bench_heat.py`` (eigenpairs of three types take a
 few minutes there).
 """
@@ -18,6 +18,7 @@ few minutes there).
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -30,6 +31,7 @@ from _common import machine, write_json
 
 import manifoldmp as mmp
 from manifoldmp import nn as mnn
+from manifoldmp.nn.functional import sparse_product
 
 
 class DiffusionNetBlock(nn.Module):
@@ -46,7 +48,9 @@ class DiffusionNetBlock(nn.Module):
         coef = phi.T @ (ops.mass[:, None] * x)
         t = self.t.clamp_min(1e-8)
         d = phi @ (torch.exp(-lam[:, None] * t[None, :]) * coef)
-        g = ops.gradient @ d.to(ops.gradient.dtype)            # (V, C) complex
+        # the same sparse product as GaugeNet's layers (cached adjoint in the backward), so
+        # the comparison measures the architectures, not torch's CSR autograd
+        g = sparse_product(ops.gradient, d.to(ops.gradient.dtype), ops.gradient_adjoint())
         gx, gy = g.real, g.imag
         ax = self.A_re(gx) - self.A_im(gy)
         ay = self.A_re(gy) + self.A_im(gx)
@@ -68,15 +72,19 @@ class DiffusionNetLike(nn.Module):
         return self.last(h)
 
 
-def time_fwd_bwd(model: nn.Module, x: torch.Tensor, ops: mnn.OperatorBundle,
-                 repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats + 1):   # first run warms up
-        t0 = time.perf_counter()
-        model.zero_grad()
-        model(x, ops).square().mean().backward()
-        best = min(best, time.perf_counter() - t0)
-    return best
+def time_fwd_bwd(models: list[nn.Module], x: torch.Tensor, ops: mnn.OperatorBundle,
+                 repeats: int) -> list[list[float]]:
+    """Forward + backward times of every model, the models alternating within each repeat
+    (so that a slow phase of the machine hits all of them); one warm-up run each."""
+    times: list[list[float]] = [[] for _ in models]
+    for r in range(repeats + 1):
+        for i, model in enumerate(models):
+            t0 = time.perf_counter()
+            model.zero_grad()
+            model(x, ops).square().mean().backward()
+            if r:
+                times[i].append(time.perf_counter() - t0)
+    return times
 
 
 def main() -> None:
@@ -86,7 +94,7 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=128)
     ap.add_argument("--blocks", type=int, default=4)
     ap.add_argument("--k", type=int, default=128)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     args = ap.parse_args()
     dtype = getattr(torch, args.dtype)
@@ -99,21 +107,26 @@ def main() -> None:
         t0 = time.perf_counter()
         ops = mnn.precompute(S, max_type=2, k_eig=args.k).to(dtype=dtype)
         pre = time.perf_counter() - t0
-        x = torch.as_tensor(S.vertices).to(dtype)
+        x = torch.tensor(S.vertices, dtype=dtype)
         torch.manual_seed(0)
         ours = mnn.GaugeNet("3x0", "8x0", width=args.width, blocks=args.blocks).to(dtype)
         ref = DiffusionNetLike(3, 8, args.width, args.blocks).to(dtype)
-        t_ours = time_fwd_bwd(ours, x, ops, args.repeats)
-        t_ref = time_fwd_bwd(ref, x, ops, args.repeats)
+        times = time_fwd_bwd([ours, ref], x, ops, args.repeats)
+        t_ours, t_ref = (min(t) for t in times)
+        med_ours, med_ref = (statistics.median(t) for t in times)
         row = {"mesh": name, "V": S.n_vertices, "precompute_s": pre, "gaugenet_s": t_ours,
                "diffusionnet_s": t_ref, "ratio": t_ours / t_ref,
+               "gaugenet_median_s": med_ours, "diffusionnet_median_s": med_ref,
+               "median_ratio": med_ours / med_ref,
                "gaugenet_hidden": str(ours.hidden),
                "gaugenet_params": sum(p.numel() for p in ours.parameters()),
                "diffusionnet_params": sum(p.numel() for p in ref.parameters())}
         out["runs"].append(row)
         print(f"{name}: V = {S.n_vertices}, precompute {pre:.1f} s; forward+backward GaugeNet "
               f"({ours.hidden}) {t_ours:.3f} s, DiffusionNet-like (width {args.width}) "
-              f"{t_ref:.3f} s -> GaugeNet / DiffusionNet = {t_ours / t_ref:.2f}")
+              f"{t_ref:.3f} s -> GaugeNet / DiffusionNet = {t_ours / t_ref:.2f} (best of "
+              f"{args.repeats}; medians {med_ours:.3f} / {med_ref:.3f} s = "
+              f"{med_ours / med_ref:.2f})")
     print("wrote", write_json("nn", out))
 
 
