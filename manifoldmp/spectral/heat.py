@@ -203,9 +203,9 @@ class HeatKernel:
     def _apply_B(self, X: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """``M^-1/2 L M^-1/2 X`` for ``X : (V, C)`` on the solver's device (into ``out``).
 
-        A torch CSR product written into a fresh output (``addmm`` with ``beta = 0``): on CPU
-        it runs MKL's threaded kernel, 2.3x faster than scipy's single-threaded one for a
-        100k x 64 complex block, and the same code serves CUDA.
+        A torch CSR product; on CPU written into ``out`` (``addmm`` with ``beta = 0``, MKL's
+        threaded kernel: 29 ms for a 100k x 64 complex block into a recycled block, against
+        68 ms for scipy's single-threaded kernel into fresh pages).
         """
         key = (X.device, X.dtype)
         B = self._torch_B.get(key)
@@ -215,6 +215,8 @@ class HeatKernel:
             Bs = (sp.diags(s) @ self.laplacian @ sp.diags(s)).tocsr()
             B = to_torch_sparse(Bs, device=X.device).to(X.dtype)
             self._torch_B[key] = B
+        if X.device.type != "cpu":   # caching allocator: no fresh pages to avoid
+            return B @ X.detach()
         if out is None:
             out = torch.empty_like(X)
         return torch.addmm(out, B, X.detach(), beta=0, out=out)
