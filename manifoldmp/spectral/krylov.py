@@ -10,8 +10,12 @@ Stopping rule: every ``check_every`` steps the error of column ``c`` is estimate
 smaller of Saad's ``||z_c|| * beta_m * |e_m^T exp(-t_c T_m) e_1|`` (Saad 1992, "Analysis of some
 Krylov subspace approximations to the matrix exponential operator", eq. 4.14; pessimistic for
 the heat flow, where it overestimated the error by up to five orders of magnitude) and the change
-``||y_m - y_p||`` since the previous check (an estimate of the error of the older ``y_p``, so an
-overestimate of that of ``y_m`` once convergence is superlinear); iteration stops when every
+``d = ||y_m - y_p||`` since the previous check, inflated to ``d r / (1 - r)`` when ``r``, the
+ratio of the last two changes, exceeds 1/2. ``d`` estimates the error of the older ``y_p``,
+which overestimates that of ``y_m`` when convergence is fast; when the errors shrink slowly
+(``r > 1/2``, long times) geometric decay leaves ``d r / (1 - r)`` still to come, and ``d``
+alone stopped early. The change enters from the third check on (``r`` needs two changes).
+Iteration stops when every
 estimate is at most ``tol * ||y_c||`` with ``y_c`` the current approximation (a relative
 tolerance on the output, in the ``M``-norm of the original problem). No re-orthogonalization
 is done: for functions like the exponential the Lanczos approximation keeps its accuracy when
