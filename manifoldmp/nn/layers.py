@@ -506,14 +506,26 @@ class _Contract(torch.autograd.Function):
             else:
                 B[p] = product(combo) * w[i]
         ctx.plan, ctx.S, ctx.product = plan, S, product
-        ctx.save_for_backward(w)
+        ctx.save_for_backward(w, *A)
         return tuple(B[p] for p in outputs)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx: Any, *grads: torch.Tensor) -> tuple:
         types, paths, outputs = ctx.plan
-        (w,) = ctx.saved_tensors
+        w, *A = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            # create_graph=True (e.g. forces of a learned energy): differentiate the plain
+            # autograd contraction instead, so that higher derivatives exist
+            inputs = [w, *A]
+            needed = [x for x, need in zip(inputs, ctx.needs_input_grad[1:], strict=True)
+                      if need]
+            B = _contract_reference(ctx.plan, w, A)
+            pairs = [(b, g) for b, g in zip(B, grads, strict=True) if g is not None]
+            got = iter(torch.autograd.grad([b for b, _ in pairs], needed,
+                                           [g for _, g in pairs], create_graph=True,
+                                           allow_unused=True))
+            return (None, *(next(got) if need else None
+                            for need in ctx.needs_input_grad[1:]))
         product, S = ctx.product, ctx.S
         # conjugates of the factors (conj A^{(0)} is not A^{(0)}: the embedded scalars are
         # complex)
