@@ -65,9 +65,31 @@ class _SparseProduct(torch.autograd.Function):
 def sparse_product(A: torch.Tensor, x: torch.Tensor, AH: torch.Tensor) -> torch.Tensor:
     """``A @ x`` for a constant sparse ``A``, differentiable in ``x : (V, C)`` through ``AH``.
 
-    ``AH`` is ``A^H`` (the bundles cache it). Real ``A`` with complex ``x`` is applied part by
-    part.
+    ``AH`` is ``A^H`` (the bundles cache it: ``gradient_adjoint``, ``edge_operator_adjoint``).
+    Real ``A`` with complex ``x`` is applied part by part.
+
+    Parameters
+    ----------
+    A : (R, V) sparse Tensor
+    x : (V, C) Tensor
+    AH : (V, R) sparse Tensor
+
+    Returns
+    -------
+    (R, C) Tensor
     """
+    if not (isinstance(A, torch.Tensor) and isinstance(AH, torch.Tensor)
+            and A.layout != torch.strided and AH.layout != torch.strided):
+        raise ParameterError("A and AH must be sparse torch tensors")
+    if AH.shape != (A.shape[1], A.shape[0]):
+        raise ParameterError(f"AH must have shape {(A.shape[1], A.shape[0])} (A^H of A with "
+                             f"shape {tuple(A.shape)}), got {tuple(AH.shape)}")
+    if not isinstance(x, torch.Tensor) or x.dim() != 2 or x.shape[0] != A.shape[1]:
+        raise ParameterError(f"x must be a ({A.shape[1]}, C) tensor, got "
+                             f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x)}")
+    if x.dtype != A.dtype and not (x.is_complex() and x.real.dtype == A.dtype):
+        raise ParameterError(f"x must have dtype {A.dtype} (or its complex type for a real A), "
+                             f"got {x.dtype}")
     if torch.is_grad_enabled() and x.requires_grad:
         return _SparseProduct.apply(x, A, AH)
     return _spmm(A, x)
@@ -96,9 +118,8 @@ def heat_spectral(ops: OperatorBundle, n: int, x: torch.Tensor, t: torch.Tensor
     key = ("spectral", n, x.dtype)
     if key not in ops._cache:
         phi = ops.evecs[n]
-        dt = x.dtype if x.is_complex() else phi.dtype
-        ops._cache[key] = ((ops.mass[:, None] * phi).conj().T.contiguous().to(dt),
-                           phi.contiguous().to(dt))
+        ops._cache[key] = ((ops.mass[:, None] * phi).conj().T.contiguous().to(x.dtype),
+                           phi.contiguous().to(x.dtype))
     analysis, synthesis = ops._cache[key]
     coef = analysis @ x                                             # (K, C)
     decay = torch.exp(-lam[:, None] * t[None, :])                   # (K, C)

@@ -263,7 +263,7 @@ def _divergence(ops: OperatorBundle, X: torch.Tensor) -> torch.Tensor:
     return _codifferential(ops, X).real
 
 
-def div_curl(ops: OperatorBundle, X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _div_curl(ops: OperatorBundle, X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Divergence and curl of every vector channel ``X : (V, C)`` from one sparse product."""
     Y = _codifferential(ops, X)
     return Y.real, Y.imag
@@ -290,7 +290,7 @@ class Curl(GaugeModule):
 
     def apply(self, parts: Parts, ops: OperatorBundle) -> Parts:
         """Apply the layer to features split by type (see :meth:`GaugeModule.apply`)."""
-        return {0: div_curl(ops, parts[1])[1]}
+        return {0: _div_curl(ops, parts[1])[1]}
 
 
 # ---------------------------------------------------------------------- products
@@ -403,6 +403,9 @@ class ProductBasis(GaugeModule):
             raise ParameterError(f"no product of order <= {order} of types {self.in_type.types} "
                                  f"gives a type of {self.out_type}")
         self.paths = paths
+        # (input types, paths, output types of the contraction): the static plan of _Contract
+        self._plan: _Plan = (self.in_type.types, tuple(paths),
+                             tuple(sorted({sum(c) for c in paths})))
         self.path_weights = _init_complex(len(paths), K, 1 / math.sqrt(len(paths)))
         self.readout = nn.ParameterDict({
             str(n): _init_complex(K, m, 1 / math.sqrt(K)) for m, n in self.out_type
@@ -427,16 +430,36 @@ class ProductBasis(GaugeModule):
         The fast path is a custom autograd function with a hand-written backward (fused
         multiply-adds, each conjugate formed once); ``reference=True`` is the plain autograd
         prefix tree it is tested against.
+
+        Parameters
+        ----------
+        A : list of (V, channels) complex Tensor
+            One per input type, from :meth:`embed_features`.
+        reference : bool
+            Use the plain autograd contraction.
+
+        Returns
+        -------
+        list of (V, channels) complex Tensor
+            One per output type of the contraction.
         """
+        types = self.in_type.types
+        if not isinstance(A, (list, tuple)) or len(A) != len(types):
+            raise ParameterError(f"A must be a list of {len(types)} tensors (one per input type "
+                                 f"{types}), got {type(A).__name__} of length "
+                                 f"{len(A) if isinstance(A, (list, tuple)) else '-'}")
+        V = A[0].shape[0] if isinstance(A[0], torch.Tensor) else -1
+        for n, a in zip(types, A, strict=True):
+            if not (isinstance(a, torch.Tensor) and a.is_complex()
+                    and a.shape == (V, self.channels) and a.dtype == A[0].dtype):
+                raise ParameterError(
+                    f"A[type {n}] must be a complex ({V}, {self.channels}) tensor of one dtype "
+                    f"with the others, got "
+                    f"{(a.dtype, tuple(a.shape)) if isinstance(a, torch.Tensor) else type(a)}")
         w = _cweight(self.path_weights).to(A[0].dtype)
         if reference:
             return _contract_reference(self._plan, w, A)
         return list(_Contract.apply(self._plan, w, *A))
-
-    @property
-    def _plan(self) -> tuple[tuple[int, ...], tuple[tuple[int, ...], ...], tuple[int, ...]]:
-        outputs = tuple(sorted({sum(c) for c in self.paths}))
-        return self.in_type.types, tuple(self.paths), outputs
 
     def apply(self, parts: Parts, ops: OperatorBundle | None = None) -> Parts:
         """Apply the layer to features split by type (see :meth:`GaugeModule.apply`)."""

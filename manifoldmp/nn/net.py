@@ -25,8 +25,8 @@ from manifoldmp.nn.layers import (
     Gradient,
     Parts,
     ProductBasis,
+    _div_curl,
     check_ops,
-    div_curl,
     global_pool,
     invariants,
     to_faces,
@@ -93,7 +93,7 @@ class GaugeBlock(GaugeModule):
             grad = self.gradient.apply({0: d[0]}, ops)
             feats.append(grad)
         if self.div is not None:   # the two share one sparse product (Divergence, Curl)
-            div, curl = div_curl(ops, d[1])
+            div, curl = _div_curl(ops, d[1])
             feats += [{0: div}, {0: curl}]
         if self.products is not None:
             feats.append(self.products.apply(_concat(d, grad), ops))

@@ -441,3 +441,23 @@ def test_layer_argument_errors() -> None:
     with pytest.raises(ParameterError, match="eigenpairs"):
         mnn.BundleDiffusion("1x0").double()(torch.zeros(S.n_vertices, 1, dtype=torch.float64),
                                              ops)
+    # the low-level pieces validate too: sparse products and product-basis contractions
+    G, GH = ops.gradient, ops.gradient_adjoint()
+    with pytest.raises(ParameterError, match="sparse"):
+        mnn.functional.sparse_product(G.to_dense(), torch.zeros(S.n_vertices, 1), GH)
+    with pytest.raises(ParameterError, match="AH must have shape"):
+        mnn.functional.sparse_product(G, torch.zeros(S.n_vertices, 1, dtype=G.dtype),
+                                      torch.eye(3, dtype=G.dtype).to_sparse())
+    with pytest.raises(ParameterError, match="dtype"):
+        mnn.functional.sparse_product(G, torch.zeros(S.n_vertices, 1), GH)
+    with pytest.raises(ParameterError, match=r"x must be a \(42, C\)"):
+        mnn.functional.sparse_product(G, torch.zeros(5, 1, dtype=G.dtype), GH)
+    pb = mnn.ProductBasis("2x0+2x1", "2x0", order=2)
+    A = pb.embed_features({0: torch.zeros(S.n_vertices, 2, dtype=torch.float64),
+                           1: torch.zeros(S.n_vertices, 2, dtype=torch.complex128)})
+    with pytest.raises(ParameterError, match="list of 2 tensors"):
+        pb.contract(A[:1])
+    with pytest.raises(ParameterError, match="complex"):
+        pb.contract([A[0].real, A[1]])
+    with pytest.raises(ParameterError, match="one dtype"):
+        pb.contract([A[0], A[1].to(torch.complex64)])
