@@ -26,7 +26,7 @@ import torch
 from manifoldmp.errors import ManifoldmpError, ParameterError
 from manifoldmp.operators.bundle import OperatorBundle
 from manifoldmp.operators.sparse import column_real_dot
-from manifoldmp.spectral.krylov import lanczos_expm
+from manifoldmp.spectral.krylov import heat_lanczos
 
 __all__ = ["HEAT_METHODS", "heat_flow"]
 
@@ -153,14 +153,11 @@ class _Krylov(torch.autograd.Function):
 
 def _krylov_raw(ops: OperatorBundle, n: int, x: torch.Tensor, t: torch.Tensor, tol: float
                 ) -> torch.Tensor:
-    L = _laplacian(ops, n, x.dtype)
-    s = torch.sqrt(ops.mass)[:, None].to(x.dtype)
-
-    def apply_B(z: torch.Tensor) -> torch.Tensor:
-        return _spmm(L, z / s) / s
-
-    y, _ = lanczos_expm(apply_B, s * x, t, tol=tol)
-    return y / s
+    key = ("sqrt_mass",)
+    if key not in ops._cache:
+        ops._cache[key] = ops.mass.sqrt()
+    y, _ = heat_lanczos(ops.symmetric_laplacian(n, x.dtype), ops._cache[key], x, t, tol=tol)
+    return y
 
 
 def heat_krylov(ops: OperatorBundle, n: int, x: torch.Tensor, t: torch.Tensor, *,

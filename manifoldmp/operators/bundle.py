@@ -182,6 +182,25 @@ class OperatorBundle:
         self.check_type(n)
         return self.laplacians[n]
 
+    def symmetric_laplacian(self, n: int, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """``B_n = M^-1/2 L_n M^-1/2`` (sparse CSR, cached per ``(n, dtype)``).
+
+        The Hermitian form whose exponential the Krylov heat flow approximates
+        (:func:`manifoldmp.spectral.krylov.heat_lanczos`). ``dtype`` defaults to that of
+        ``L_n``; a complex ``dtype`` for ``n = 0`` gives the real operator in complex storage.
+        """
+        L = self.laplacian(n)
+        dtype = L.dtype if dtype is None else dtype
+        key = ("B", n, dtype)
+        if key not in self._cache:
+            crow, col, val, shape = _csr_parts(L)
+            row = torch.repeat_interleave(torch.arange(shape[0], device=crow.device),
+                                          crow.diff())
+            s = self.mass.rsqrt()
+            self._cache[key] = _csr_from((crow, col, (val * (s[row] * s[col])).to(dtype),
+                                          shape))
+        return self._cache[key]
+
     def spectral_bound(self, n: int) -> float:
         """Gershgorin bound on ``lambda_max(M^-1 L_n)``: ``2 max_i sum_j |w_ij| / m_i``."""
         key = ("bound", n)

@@ -41,7 +41,7 @@ import torch
 from manifoldmp.errors import ManifoldmpError
 from manifoldmp.operators.sparse import column_real_dot
 
-__all__ = ["KrylovInfo", "KrylovNotConverged", "lanczos_expm"]
+__all__ = ["KrylovInfo", "KrylovNotConverged", "csr_product", "heat_lanczos", "lanczos_expm"]
 
 log = logging.getLogger(__name__)
 
@@ -289,3 +289,60 @@ def lanczos_expm(apply_B: Callable[..., torch.Tensor], z: torch.Tensor,
     log.debug("lanczos: %d steps, %d products, estimate %.1e, stored basis %s",
               steps, products, err, basis is not None)
     return y, KrylovInfo(steps, products, err, basis is not None)
+
+
+def csr_product(B: torch.Tensor, X: torch.Tensor, out: torch.Tensor | None = None
+                ) -> torch.Tensor:
+    """``B @ X`` for a sparse CSR ``B`` of ``X``'s dtype, written into ``out`` on CPU.
+
+    On CPU this is MKL's threaded kernel through ``addmm`` with ``beta = 0`` (29 ms for a
+    100k x 64 complex block into a recycled block, 116 ms into fresh pages); on CUDA the plain
+    product (the caching allocator has no fresh pages to avoid) and ``out`` is ignored.
+
+    Parameters
+    ----------
+    B : (V, V) sparse CSR Tensor
+    X : (V, C) Tensor
+    out : (V, C) Tensor, optional
+        A block that may be overwritten (``lanczos_expm(..., writes_into=True)``).
+
+    Returns
+    -------
+    (V, C) Tensor
+    """
+    X = X.detach()
+    if X.device.type != "cpu":
+        return B @ X
+    if out is None:
+        out = torch.empty_like(X)
+    return torch.addmm(out, B, X, beta=0, out=out)
+
+
+def heat_lanczos(B: torch.Tensor, sqrt_mass: torch.Tensor, x: torch.Tensor, t: torch.Tensor, *,
+                 tol: float) -> tuple[torch.Tensor, KrylovInfo]:
+    """``exp(-t M^-1 L) x = M^-1/2 exp(-t B) M^1/2 x`` by :func:`lanczos_expm`, no autograd.
+
+    The one Krylov heat flow of the library: ``HeatKernel`` and the layers'
+    ``heat_flow(method="krylov")`` both call it (they differ only in where ``B`` is cached).
+
+    Parameters
+    ----------
+    B : (V, V) sparse CSR Tensor
+        ``M^-1/2 L M^-1/2`` in ``x``'s dtype and on its device.
+    sqrt_mass : (V,) real Tensor
+        ``sqrt(m_i)``.
+    x : (V, C) Tensor
+    t : (C,) real Tensor
+        Non-negative times, one per column.
+    tol : float
+        Relative tolerance of the stopping rule.
+
+    Returns
+    -------
+    y : (V, C) Tensor
+    info : KrylovInfo
+    """
+    s = sqrt_mass[:, None].to(x.dtype)
+    y, info = lanczos_expm(lambda X, out=None: csr_product(B, X, out), s * x.detach(), t,
+                           tol=tol, writes_into=True)
+    return y.div_(s), info

@@ -34,6 +34,26 @@ def test_edge_form_reproduces_connection_laplacians(bumpy: mmp.Surface, which: i
         assert np.abs(ops.laplacian(n).to_dense().numpy() - Ln).max() == 0.0
 
 
+def test_symmetric_laplacian_is_the_symmetrised_pencil(bumpy: mmp.Surface) -> None:
+    ops = precompute(bumpy, max_type=2, k_eig=0)
+    s = 1 / np.sqrt(ops.mass.numpy())
+    for n in range(3):
+        ref = s[:, None] * mmp.connection_laplacian(bumpy, n).toarray() * s[None, :]
+        B = ops.symmetric_laplacian(n)
+        assert B.layout == torch.sparse_csr and B.dtype == ops.laplacian(n).dtype
+        got = B.to_dense().numpy()
+        assert np.abs(got - ref).max() < 1e-13 * np.abs(ref).max()
+        assert np.abs(got - got.conj().T).max() < 1e-13 * np.abs(ref).max()   # Hermitian
+        assert ops.symmetric_laplacian(n) is B   # cached
+    Bc = ops.symmetric_laplacian(0, torch.complex128)   # real operator in complex storage
+    assert Bc.dtype == torch.complex128
+    assert torch.equal(Bc.to_dense().real, ops.symmetric_laplacian(0).to_dense())
+    B32 = ops.to(dtype=torch.float32).symmetric_laplacian(1)
+    ref = s[:, None] * mmp.connection_laplacian(bumpy, 1).toarray() * s[None, :]
+    assert B32.dtype == torch.complex64
+    assert np.abs(B32.to_dense().numpy() - ref).max() < 1e-6 * np.abs(ref).max()
+
+
 def test_edge_angles_match_the_embedding_on_a_flat_grid() -> None:
     S = mmp.meshes.flat_grid(6, 5)
     ops = precompute(S, max_type=1, k_eig=0)
