@@ -40,6 +40,11 @@ __all__ = [
 ]
 
 
+def _safe(norm: np.ndarray) -> np.ndarray:
+    """Divisor that makes every nonzero vector unit length (subnormal ones too), zero stays zero."""
+    return np.where(norm > 0, norm, 1.0)
+
+
 def _mean_edge_length(domain: Any) -> float:
     if hasattr(domain, "mean_edge_length"):
         return float(domain.mean_edge_length)
@@ -158,7 +163,7 @@ class GeodesicSolver:
             div = self._face_divergence_of_normalized_gradient(u)
         else:
             g = self._grad() @ u
-            X = -g / np.maximum(np.abs(g), 1e-300)
+            X = -g / _safe(np.abs(g))
             div = -np.real(self._grad().conj().T @ (self.mass * X))  # integrated divergence
         phi = self._poisson_solve(-div)
         _, _, labels = self._poisson  # type: ignore[misc]
@@ -188,8 +193,10 @@ class GeodesicSolver:
 
         grad = (ua[:, None] * rot(pc - pb) + ub[:, None] * rot(pa - pc)
                 + uc[:, None] * rot(pb - pa))  # proportional to grad u (factor 1 / 2A)
-        norm = np.linalg.norm(grad, axis=1, keepdims=True)
-        X = -grad / np.maximum(norm, 1e-300)
+        # hypot, not sqrt(x^2 + y^2): far from the source u is ~1e-160 and the squares underflow
+        # to zero, which made |X| ~ 1e138 instead of 1 (raw range scans)
+        norm = np.hypot(grad[:, 0], grad[:, 1])[:, None]
+        X = -grad / _safe(norm)
         div = np.zeros(self.n_vertices)
         for c in range(3):
             c1, c2 = (c + 1) % 3, (c + 2) % 3
@@ -211,7 +218,8 @@ class GeodesicSolver:
         Returns
         -------
         (V,) ndarray of complex128
-            The transported vector in each vertex's frame, with the source's magnitude.
+            The transported vector in each vertex's frame, with the source's magnitude; zero
+            on connected components without the source (no path to transport along).
         """
         src = int(self._check_sources(source)[0])
         vec = complex(vector)
@@ -220,7 +228,7 @@ class GeodesicSolver:
         rhs = np.zeros(self.n_vertices, dtype=complex)
         rhs[src] = vec
         Y = self._heat_solve(1, rhs)
-        return Y / np.maximum(np.abs(Y), 1e-300) * abs(vec)
+        return Y / _safe(np.abs(Y)) * abs(vec)
 
     def log_map(self, source: int) -> np.ndarray:
         """Logarithmic map at ``source``: every vertex as a tangent vector at the source.
@@ -229,13 +237,17 @@ class GeodesicSolver:
         -------
         (V,) ndarray of complex128
             ``log_i`` in the frame of ``source``: modulus = geodesic distance, argument =
-            direction of the geodesic at the source.
+            direction of the geodesic at the source. Complex infinity (``inf + 0j``: the
+            distance) on connected components without the source.
         """
         src = int(self._check_sources(source)[0])
         d = self.distance(src)
-        g = self._grad() @ np.where(np.isfinite(d), d, 0.0)
+        reached = np.isfinite(d)
+        g = self._grad() @ np.where(reached, d, 0.0)
         H = self.transport(src, 1.0)
-        out = d * g / np.maximum(np.abs(g), 1e-300) * np.conj(H)
+        out = np.full(self.n_vertices, complex(np.inf, 0.0))
+        d, g, H = d[reached], g[reached], H[reached]
+        out[reached] = d * g / _safe(np.abs(g)) * np.conj(H)
         out[src] = 0.0
         return out
 
