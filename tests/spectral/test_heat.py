@@ -132,11 +132,12 @@ def test_krylov_meets_tolerance_when_convergence_is_slow(rho: float) -> None:
     S = mmp.meshes.torus(n_major=60, n_minor=40)
     m = S.vertex_areas
     L = mmp.connection_laplacian(S, 1)
-    lam_max = float(np.max(np.abs(np.linalg.eigvalsh((L / np.sqrt(m)[:, None]
-                                                       / np.sqrt(m)[None, :]).toarray()))))
-    t = rho / lam_max
+    lam, U = np.linalg.eigh((L / np.sqrt(m)[:, None] / np.sqrt(m)[None, :]).toarray())
+    t = rho / float(np.max(np.abs(lam)))
     x = torch.from_numpy(_features(S.n_vertices, 6, 1, seed=5))
-    ref = mmp.HeatKernel(S, 1, method="krylov", tol=1e-13)(x, t).numpy()
+    # dense reference: exp(-t M^-1 L) x = M^-1/2 U exp(-t lam) U^H M^1/2 x
+    s = np.sqrt(m)[:, None]
+    ref = (U * np.exp(-t * lam)) @ (U.conj().T @ (s * x.numpy())) / s
     for tol in (1e-4, 1e-6, 1e-8):
         y = mmp.HeatKernel(S, 1, method="krylov", tol=tol)(x, t).numpy()
         r = np.sqrt(m)[:, None]
@@ -332,3 +333,65 @@ def test_bad_inputs(sphere3: mmp.Surface) -> None:
         mmp.HeatKernel(sphere3, k=V + 1)
     with pytest.raises(ParameterError, match="dtype"):
         mmp.HeatKernel(sphere3, dtype=torch.int64)
+
+
+def test_lanczos_warns_on_an_indefinite_operator_and_still_matches_expm(caplog) -> None:
+    """A negative eigenvalue (negative cotan weights) makes the flow grow: the answer is still
+    exp(-tB) z to tolerance, and the log says the operator is indefinite."""
+    from manifoldmp.spectral import lanczos_expm
+
+    rng = np.random.default_rng(0)
+    Qm, _ = np.linalg.qr(rng.standard_normal((60, 60)))
+    lam = np.concatenate([[-3.0], np.linspace(0.0, 50.0, 59)])
+    B = (Qm * lam) @ Qm.T
+    z = rng.standard_normal((60, 2))
+    t = torch.tensor([0.1, 1.0], dtype=torch.float64)
+    Bt = torch.from_numpy(B)
+    with caplog.at_level("WARNING", logger="manifoldmp.spectral.krylov"):
+        y, _ = lanczos_expm(lambda X: Bt @ X, torch.from_numpy(z), t, tol=1e-12)
+    for c in range(2):
+        ref = la.expm(-float(t[c]) * B) @ z[:, c]
+        assert np.linalg.norm(y[:, c].numpy() - ref) < 1e-10 * np.linalg.norm(ref)
+    assert "indefinite" in caplog.text and "-3.000e+00" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="manifoldmp.spectral.krylov"):
+        lanczos_expm(lambda X: Bt @ X, torch.from_numpy(z), torch.zeros(2, dtype=torch.float64),
+                     tol=1e-12)
+    assert "indefinite" not in caplog.text   # t = 0: nothing moves, nothing to say
+
+
+def test_lanczos_checks_are_spaced_out_on_long_runs() -> None:
+    """A check costs a dense eigh of the m x m tridiagonals; with a fixed spacing a stiff run
+    (922 steps) spent 137 of 144 s in them. The spacing grows like steps / 16."""
+    from manifoldmp.spectral import krylov
+
+    calls = []
+    orig = krylov._expm_tridiag
+
+    def counting(a, b, t):
+        calls.append(a.shape[0])
+        return orig(a, b, t)
+
+    # three spheres of radii 1, 0.1 and 0.03 (a disconnected scan of parts of many sizes):
+    # t lambda_max ~ 9e4 and a three-dimensional kernel, about 370 steps
+    V, F, off = [], [], 0
+    for i, (sub, r) in enumerate([(3, 1.0), (2, 0.03), (1, 0.1)]):
+        P = mmp.meshes.icosphere(sub)
+        V.append(P.vertices * r + 5.0 * i)
+        F.append(P.faces + off)
+        off += P.n_vertices
+    S = mmp.Surface(np.vstack(V), np.vstack(F))
+    m = S.vertex_areas
+    B = torch.from_numpy((mmp.connection_laplacian(S, 0) / np.sqrt(m)[:, None]
+                          / np.sqrt(m)[None, :]).toarray())
+    z = torch.from_numpy(np.random.default_rng(0).standard_normal((S.n_vertices, 1)))
+    t = torch.tensor([1.0], dtype=torch.float64)
+    krylov._expm_tridiag = counting
+    try:
+        y, info = krylov.lanczos_expm(lambda X: B @ X, z, t, tol=1e-8, max_steps=3000)
+    finally:
+        krylov._expm_tridiag = orig
+    ref = la.expm(-float(t[0]) * B.numpy()) @ z.numpy()
+    assert np.linalg.norm(y.numpy() - ref) <= 1e-8 * np.linalg.norm(ref)
+    assert info.steps > 200 and len(calls) < 20 + 16 * np.log(info.steps), (info.steps,
+                                                                               len(calls))
