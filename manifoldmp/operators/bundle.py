@@ -191,6 +191,10 @@ class OperatorBundle:
         """
         L = self.laplacian(n)
         dtype = L.dtype if dtype is None else dtype
+        if not isinstance(dtype, torch.dtype) or not (dtype.is_floating_point or dtype.is_complex):
+            raise ParameterError(f"dtype must be a floating or complex torch dtype, got {dtype!r}")
+        if L.is_complex() and not dtype.is_complex:
+            raise ParameterError(f"L_{n} is complex; dtype must be complex, got {dtype}")
         key = ("B", n, dtype)
         if key not in self._cache:
             crow, col, val, shape = _csr_parts(L)

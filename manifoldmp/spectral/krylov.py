@@ -51,7 +51,9 @@ import torch
 from manifoldmp.errors import ManifoldmpError
 from manifoldmp.operators.sparse import column_real_dot
 
-__all__ = ["KrylovInfo", "KrylovNotConverged", "csr_product", "heat_lanczos", "lanczos_expm"]
+__all__ = ["KrylovInfo", "KrylovNotConverged", "lanczos_expm"]
+# csr_product and heat_lanczos are internal: HeatKernel and nn.heat_flow call them after
+# validating their arguments
 
 log = logging.getLogger(__name__)
 

@@ -48,6 +48,12 @@ def test_symmetric_laplacian_is_the_symmetrised_pencil(bumpy: mmp.Surface) -> No
     Bc = ops.symmetric_laplacian(0, torch.complex128)   # real operator in complex storage
     assert Bc.dtype == torch.complex128
     assert torch.equal(Bc.to_dense().real, ops.symmetric_laplacian(0).to_dense())
+    with pytest.raises(ParameterError, match="complex"):
+        ops.symmetric_laplacian(1, torch.float64)   # would drop the imaginary part
+    with pytest.raises(ParameterError, match="floating or complex"):
+        ops.symmetric_laplacian(0, torch.int64)
+    with pytest.raises(ParameterError, match="max_type"):
+        ops.symmetric_laplacian(3)
     B32 = ops.to(dtype=torch.float32).symmetric_laplacian(1)
     ref = s[:, None] * mmp.connection_laplacian(bumpy, 1).toarray() * s[None, :]
     assert B32.dtype == torch.complex64
