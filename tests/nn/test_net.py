@@ -128,7 +128,7 @@ def test_gaugenet_trains() -> None:
     torch.manual_seed(0)
     S = mmp.meshes.icosphere(2)
     ops = mnn.precompute(S, max_type=2, k_eig=64)
-    x = torch.as_tensor(S.vertices).clone()
+    x = torch.tensor(np.array(S.vertices))
     target = torch.as_tensor(S.vertices[:, :1] * S.vertices[:, 1:2])
     net = mnn.GaugeNet("3x0", "1x0", width=15, blocks=2).double()
     opt = torch.optim.Adam(net.parameters(), lr=1e-2)
