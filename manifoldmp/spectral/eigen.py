@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 import scipy.linalg as la
+import scipy.linalg.blas as blas
 import scipy.sparse as sp
 import scipy.sparse.linalg as sla
 
@@ -223,9 +224,26 @@ def _factorize(A: sp.spmatrix, perm: np.ndarray | None = None,
 
 
 def _project_out(W: np.ndarray, Q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(W - Q C, C)`` with ``C = Q^H W``, without a conjugated copy of ``Q``."""
-    C = (W.conj().T @ Q).conj().T
-    return W - Q @ C, C
+    """``(W - Q C, C)`` with ``C = Q^H W``; overwrites ``W`` when it is Fortran-ordered.
+
+    Written for the shapes of a Krylov basis (``Q : (V, n)`` Fortran-ordered with ``V`` in the
+    hundred thousands, ``W : (V, b)`` with small ``b``): ``Q^T W`` through numpy (a conjugated
+    copy of ``Q`` would cost more than the product, and ``(W^H Q)^H`` hits a slow BLAS path),
+    the update through BLAS ``gemm`` in place (half the time of numpy's ``W - Q @ C``;
+    measured at V = 100k, n = 296, b = 8: 52 against 103 ms real, 104 against 223 complex).
+    """
+    is_complex = np.iscomplexobj(Q)
+    C = (Q.T @ W.conj()).conj() if is_complex else Q.T @ W
+    if not Q.flags.f_contiguous or W.dtype != Q.dtype:
+        return W - Q @ C, C
+    gemm = blas.zgemm if is_complex else blas.dgemm
+    W = gemm(-1.0, Q, np.asfortranarray(C), 1.0, np.asfortranarray(W), overwrite_c=True)
+    return W, C
+
+
+def _frobenius(W: np.ndarray) -> float:
+    """Frobenius norm through one BLAS dot of the memory (no temporaries; 2D norms allocate)."""
+    return float(np.linalg.norm(W.ravel(order="K")))
 
 
 def _orthonormalize(W: np.ndarray, Q: np.ndarray | None,
@@ -247,16 +265,17 @@ def _orthonormalize(W: np.ndarray, Q: np.ndarray | None,
     C = None
     if Q is not None and Q.shape[1]:
         C = np.zeros((Q.shape[1], W.shape[1]), dtype=W.dtype)
-        before = np.linalg.norm(W)
+        before = _frobenius(W)
         if local > 0:
             W, Cl = _project_out(W, Q[:, local:])
             C[local:] = Cl
-            if np.linalg.norm(W) < 0.7071 * before:
-                before = np.linalg.norm(W)
+            after = _frobenius(W)
+            if after < 0.7071 * before:  # cancellation: measure the full pass against this
+                before = after
         for _ in range(3):
             W, Cf = _project_out(W, Q)
             C += Cf
-            after = np.linalg.norm(W)
+            after = _frobenius(W)
             if after >= 0.7071 * before:  # DGKS criterion: no cancellation, done
                 break
             before = after
@@ -535,7 +554,8 @@ def _block_lanczos(L: sp.csr_matrix, mass: np.ndarray, k: int, sigma: float | No
     restarts = 0
     worst = np.inf
     target = tol
-    best, stalls, stalls_est, refinements = np.inf, 0, 0, 0
+    best, stalls, stalls_est = np.inf, 0, 0
+    kept: tuple[Any, Any, Any, float] = (None, None, None, np.inf)  # best pairs so far
     check_every = max(b, k // 8)
     next_check = k + 2 * b
     while True:
@@ -574,22 +594,29 @@ def _block_lanczos(L: sp.csr_matrix, mass: np.ndarray, k: int, sigma: float | No
                 Phi = s[:, None] * (Xr @ U)
                 res = residuals(L, mass, lam, Phi)
                 achieved = float(np.max(res))
-                if achieved > tol and refinements < 2:
+                gain = np.inf
+                sweeps = 0
+                while achieved > tol and sweeps < 3 and gain >= 2.0:
                     # The Ritz vectors carry rounding noise from the solves in the stiff
-                    # directions, which B amplifies: one step of inverse iteration removes it
+                    # directions, which B amplifies: a step of inverse iteration removes it
                     # (k solves; the residual falls to ARPACK's level, 25k-vertex torus:
                     # 2.3e-11 -> 3e-12) where more Lanczos steps would not.
-                    refinements += 1
-                    lam_r, Phi_r = _refine(apply_S, Bmat, Xr @ U, s, rng)
+                    sweeps += 1
+                    lam_r, Phi_r = _refine(apply_S, Bmat, Phi / s[:, None], s, rng)
                     res_r = residuals(L, mass, lam_r, Phi_r)
+                    gain = achieved / max(float(np.max(res_r)), 1e-300)
                     log.debug("refinement sweep: residual %.1e -> %.1e", achieved,
                               float(np.max(res_r)))
-                    if float(np.max(res_r)) < achieved:
+                    if gain > 1.0:
                         lam, Phi, res, achieved = lam_r, Phi_r, res_r, float(np.max(res_r))
+                if achieved < kept[3]:
+                    kept = (lam, Phi, res, achieved)
                 if achieved <= tol:
                     break
                 stalls = stalls + 1 if achieved >= 0.5 * best else 0
-                if stalls >= 2:
+                if stalls >= 2 or (sweeps and gain < 2.0):
+                    # inverse iteration no longer gains: what is left is rounding
+                    lam, Phi, res, achieved = kept
                     log.warning("eigensolver: residual stagnates at %.1e above tol %.1e "
                                 "(rounding level of this problem)", achieved, tol)
                     break

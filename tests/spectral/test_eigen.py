@@ -122,6 +122,22 @@ def test_refinement_reaches_the_rounding_level_of_arpack(n: int,
     assert "stagnates" not in caplog.text
 
 
+@pytest.mark.parametrize("n", [0, 1])
+def test_tol_below_rounding_returns_the_best_pairs_early(n: int,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    # 1e-14 is below what float64 allows here (6e-13): the solver says so, stops once inverse
+    # iteration stops gaining, and returns the best pairs it had (not the last Ritz pairs)
+    S = mmp.meshes.torus(n_major=100, n_minor=62)
+    L = mmp.connection_laplacian(S, n)
+    with caplog.at_level("WARNING", logger="manifoldmp.spectral.eigen"):
+        res = generalized_eigsh(L, S.vertex_areas, 48, tol=1e-14)
+    assert "stagnates" in caplog.text
+    assert res.residuals.max() < 1.5e-12  # before the final sweeps: 2.9e-12, 1312-1792 solves
+    assert res.n_solves < 1000
+    lam = generalized_eigsh(L, S.vertex_areas, 48).eigenvalues  # default tol 1e-9
+    assert np.allclose(res.eigenvalues, lam, rtol=0, atol=1e-9 * lam[-1])
+
+
 def test_bad_arguments(sphere4: mmp.Surface) -> None:
     L = mmp.connection_laplacian(sphere4, 0)
     m = sphere4.vertex_areas
