@@ -135,7 +135,7 @@ class GaugeNet(nn.Module):
     >>> S = mmp.meshes.icosphere(2)
     >>> ops = mmp.nn.precompute(S, max_type=2, k_eig=32)
     >>> net = mmp.nn.GaugeNet("3x0", "1x0+1x1", width=20, blocks=2).double()
-    >>> net(torch.as_tensor(S.vertices), ops).shape
+    >>> net(torch.tensor(S.vertices), ops).shape
     torch.Size([162, 3])
     """
 
