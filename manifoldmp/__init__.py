@@ -2,6 +2,7 @@
 
 from manifoldmp import mesh, meshes, nn, spectral, testing
 from manifoldmp.errors import ManifoldmpError, MeshError, ParameterError
+from manifoldmp.geometry.delaunay import intrinsic_delaunay
 from manifoldmp.operators import (
     bundle_laplacian,
     complex_to_real_block,
@@ -48,6 +49,7 @@ __all__ = [
     "heat_diffuse",
     "heat_kernel_signature",
     "heat_method_distance",
+    "intrinsic_delaunay",
     "mass_matrix",
     "mesh",
     "meshes",

@@ -1,0 +1,178 @@
+"""Intrinsic Delaunay retriangulation by edge flips (Bobenko and Springborn 2007).
+
+Why by hand: ``robust_laplacian`` returns only the Laplacian and mass matrix of its (tufted)
+intrinsic Delaunay triangulation, and potpourri3d keeps its triangulation inside its solvers; the
+heat method and the bundle operators of this library need the triangulation itself (faces and
+edge lengths) to build gradients, connections and every type-``n`` operator on it.
+
+The vertices and the metric of the surface are unchanged; only the edges change, so quantities
+per vertex (heat, distances) are comparable one to one. On an intrinsic Delaunay triangulation
+every cotan weight is non-negative: the scalar Laplacian is an M-matrix (maximum principle),
+which is what the heat method needs on raw scans and badly shaped meshes.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import deque
+
+import numpy as np
+
+from manifoldmp.errors import ParameterError
+
+__all__ = ["intrinsic_delaunay"]
+
+log = logging.getLogger(__name__)
+
+
+def _cot_opposite(o: float, a: float, b: float) -> float:
+    """Cotangent of the angle opposite the side ``o`` in the triangle ``(o, a, b)``."""
+    s = 0.5 * (o + a + b)
+    area2 = s * (s - o) * (s - a) * (s - b)
+    area = math.sqrt(area2) if area2 > 0 else 0.0
+    if area == 0.0:
+        return -math.inf if a * a + b * b - o * o < 0 else math.inf
+    return (a * a + b * b - o * o) / (4.0 * area)
+
+
+def intrinsic_delaunay(surface: object, *, max_flips: int | None = None) -> object:
+    """The intrinsic Delaunay triangulation of ``surface`` (same vertices, same metric).
+
+    Lawson's algorithm on edge lengths: an interior edge whose two opposite angles sum to more
+    than ``pi`` (negative cotan weight) is flipped, its quadrilateral is laid out in the plane
+    and the new diagonal's length is measured there; the four edges around it are checked
+    again. It terminates (Bobenko and Springborn, Discrete Comput. Geom. 38, 2007).
+
+    Parameters
+    ----------
+    surface : Surface
+        Embedded or intrinsic.
+    max_flips : int, optional
+        Stop after this many flips (default ``50 * edges``, far above what Lawson needs).
+
+    Returns
+    -------
+    Surface
+        An intrinsic surface (no embedding) on the same vertices: ``surface.n_vertices``,
+        same vertex numbering, same total area and angle sums; its faces are new.
+
+    Raises
+    ------
+    ParameterError
+        ``surface`` is not a :class:`~manifoldmp.Surface`.
+
+    Notes
+    -----
+    Flips that would join two vertices already joined by an edge, or a vertex to itself (an
+    intrinsic triangulation may need such edges; :class:`Surface` cannot represent them), are
+    skipped; the number of edges left non-Delaunay is logged (zero on every shared mesh). The
+    tangent frames of the result are those of its own triangulation: type-``n`` quantities
+    computed on it are in a different gauge than on ``surface``.
+
+    Examples
+    --------
+    >>> import manifoldmp as mmp
+    >>> S = mmp.meshes.icosphere(2)            # already Delaunay
+    >>> D = mmp.intrinsic_delaunay(S)
+    >>> D.n_faces == S.n_faces, bool(abs(D.vertex_areas.sum() - S.vertex_areas.sum()) < 1e-12)
+    (True, True)
+    """
+    from manifoldmp.surface import Surface
+
+    if not isinstance(surface, Surface):
+        raise ParameterError(f"surface must be a Surface, got {type(surface).__name__}")
+    F = surface.n_faces
+    faces = np.asarray(surface.faces, dtype=np.int64).ravel().tolist()
+    lengths = np.asarray(surface.halfedge_lengths, dtype=np.float64).ravel().tolist()
+    twin = np.asarray(surface.twin, dtype=np.int64).tolist()
+    n_edges = int(np.count_nonzero(np.asarray(surface.twin) < 0)) + (3 * F) // 2
+    limit = 50 * n_edges if max_flips is None else int(max_flips)
+    edges = {(min(faces[h], faces[_nxt(h)]), max(faces[h], faces[_nxt(h)])) for h in range(3 * F)}
+
+    def cot(h: int) -> float:
+        return _cot_opposite(lengths[h], lengths[_nxt(h)], lengths[_prv(h)])
+
+    def delaunay(h: int) -> bool:
+        g = twin[h]
+        return g < 0 or cot(h) + cot(g) >= -1e-12 * (1.0 + abs(cot(h)) + abs(cot(g)))
+
+    queue = deque(h for h in range(3 * F) if twin[h] > h)
+    queued = [False] * (3 * F)
+    for h in queue:
+        queued[h] = True
+    flips = 0
+    blocked: list[int] = []  # flips that would duplicate an edge; retried once that edge moved
+    flips_at_retry = -1
+    while flips < limit:
+        if not queue:
+            if not blocked or flips == flips_at_retry:
+                break
+            flips_at_retry = flips
+            queue.extend(blocked)
+            for e in blocked:
+                queued[e] = True
+            blocked = []
+        h = queue.popleft()
+        queued[h] = False
+        g = twin[h]
+        if g < 0 or delaunay(h):
+            continue
+        # face of h: (i, j, k) with h = i -> j; face of g: (j, i, l) with g = j -> i
+        hn, hp, gn, gp = _nxt(h), _prv(h), _nxt(g), _prv(g)
+        i, j, k, ll = faces[h], faces[hn], faces[hp], faces[gp]
+        key = (min(k, ll), max(k, ll))
+        if k == ll or key in edges:
+            blocked.append(h)
+            continue
+        l_ij, l_jk, l_ki = lengths[h], lengths[hn], lengths[hp]
+        l_il, l_lj = lengths[gn], lengths[gp]
+        # lay the quad out: i = (0, 0), j = (l_ij, 0), k above, l below
+        kx = (l_ij * l_ij + l_ki * l_ki - l_jk * l_jk) / (2.0 * l_ij)
+        ky = math.sqrt(max(l_ki * l_ki - kx * kx, 0.0))
+        lx = (l_ij * l_ij + l_il * l_il - l_lj * l_lj) / (2.0 * l_ij)
+        ly = -math.sqrt(max(l_il * l_il - lx * lx, 0.0))
+        l_kl = math.hypot(kx - lx, ky - ly)
+        # outer halfedges and their twins, before the rewrite
+        t_jk, t_ki, t_il, t_lj = twin[hn], twin[hp], twin[gn], twin[gp]
+        fh, fg = h - h % 3, g - g % 3
+        # face fh becomes (l, j, k): l -> j, j -> k, k -> l; face fg becomes (k, i, l)
+        faces[fh:fh + 3] = [ll, j, k]
+        lengths[fh:fh + 3] = [l_lj, l_jk, l_kl]
+        faces[fg:fg + 3] = [k, i, ll]
+        lengths[fg:fg + 3] = [l_ki, l_il, l_kl]
+        new_twins = ((fh, t_lj), (fh + 1, t_jk), (fg, t_ki), (fg + 1, t_il))
+        for a, b in new_twins:
+            twin[a] = b
+            if b >= 0:
+                twin[b] = a
+        twin[fh + 2], twin[fg + 2] = fg + 2, fh + 2
+        edges.discard((min(i, j), max(i, j)))
+        edges.add(key)
+        flips += 1
+        for a, _ in new_twins:
+            e = a if twin[a] < 0 or twin[a] > a else twin[a]
+            if not queued[e]:
+                queued[e] = True
+                queue.append(e)
+    left = sum(1 for h in range(3 * F) if twin[h] > h and not delaunay(h))
+    if flips >= limit and queue:
+        log.warning("intrinsic_delaunay: stopped at max_flips=%d with %d edges queued", limit,
+                    len(queue))
+    log.info("intrinsic Delaunay: %d flips, %d edges left non-Delaunay (their flip would "
+             "duplicate an edge)", flips, left)
+    # the lengths are already mollified (a flip keeps the triangle inequalities)
+    out = Surface.from_edge_lengths(np.asarray(faces, dtype=np.int64).reshape(F, 3),
+                                    np.asarray(lengths).reshape(F, 3),
+                                    n_vertices=surface.n_vertices, mollify_factor=0.0)
+    if out.n_vertices != surface.n_vertices:  # pragma: no cover - flips keep manifoldness
+        raise RuntimeError("intrinsic_delaunay changed the vertex set; please report")
+    return out
+
+
+def _nxt(h: int) -> int:
+    return h - h % 3 + (h + 1) % 3
+
+
+def _prv(h: int) -> int:
+    return h - h % 3 + (h + 2) % 3
