@@ -66,7 +66,9 @@ def intrinsic_delaunay(surface: object, *, max_flips: int | None = None) -> obje
     -----
     Flips that would join two vertices already joined by an edge, or a vertex to itself (an
     intrinsic triangulation may need such edges; :class:`Surface` cannot represent them), are
-    skipped; the number of edges left non-Delaunay is logged (zero on every shared mesh). The
+    skipped; the number of edges left non-Delaunay is logged (zero on the shared koala and
+    face scan). Boundary edges are never flipped, so an obtuse angle opposite a boundary edge
+    keeps its negative weight (robust_laplacian's tufted cover removes those too). The
     tangent frames of the result are those of its own triangulation: type-``n`` quantities
     computed on it are in a different gauge than on ``surface``.
 
