@@ -69,8 +69,10 @@ def intrinsic_delaunay(surface: object, *, max_flips: int | None = None) -> obje
     skipped; the number of edges left non-Delaunay is logged (zero on the shared koala and
     face scan). Boundary edges are never flipped, so an obtuse angle opposite a boundary edge
     keeps its negative weight (robust_laplacian's tufted cover removes those too). The
-    tangent frames of the result are those of its own triangulation: type-``n`` quantities
-    computed on it are in a different gauge than on ``surface``.
+    result is in the input's gauge: the tangent frame of every vertex is the input's (each
+    halfedge carries a signpost, its direction in the input's frame, through the flips), so
+    type-``n`` features, transported vectors and log maps computed on it are comparable with
+    those computed on ``surface``.
 
     Examples
     --------
@@ -88,6 +90,17 @@ def intrinsic_delaunay(surface: object, *, max_flips: int | None = None) -> obje
     faces = np.asarray(surface.faces, dtype=np.int64).ravel().tolist()
     lengths = np.asarray(surface.halfedge_lengths, dtype=np.float64).ravel().tolist()
     twin = np.asarray(surface.twin, dtype=np.int64).tolist()
+    if surface._twist is not None:
+        raise ParameterError("a surface with a transport twist (flat bundle) cannot be "
+                             "retriangulated: the twist lives on edges that flips remove")
+    # signposts: the direction of each halfedge at its tail, as a true (unscaled) angle in the
+    # input's frame; flips give new halfedges their direction from a neighbour plus a corner
+    # angle, so the result can be put in the input's gauge (Sharp et al., "Navigating
+    # intrinsic triangulations", 2019)
+    full = np.where(surface.is_boundary_vertex, np.pi, 2.0 * np.pi)
+    scale = full / np.maximum(surface.angle_sums, 1e-300)          # rescaled per true angle
+    tails = np.asarray(surface.faces, dtype=np.int64).ravel()
+    post = (np.asarray(surface.halfedge_angles).ravel() / scale[tails]).tolist()
     n_edges = int(np.count_nonzero(np.asarray(surface.twin) < 0)) + (3 * F) // 2
     limit = 50 * n_edges if max_flips is None else int(max_flips)
     edges = {(min(faces[h], faces[_nxt(h)]), max(faces[h], faces[_nxt(h)])) for h in range(3 * F)}
@@ -135,14 +148,24 @@ def intrinsic_delaunay(surface: object, *, max_flips: int | None = None) -> obje
         lx = (l_ij * l_ij + l_il * l_il - l_lj * l_lj) / (2.0 * l_ij)
         ly = -math.sqrt(max(l_il * l_il - lx * lx, 0.0))
         l_kl = math.hypot(kx - lx, ky - ly)
+        # corner angles of the new triangles at k (from k -> i to k -> l) and at l (from
+        # l -> j to l -> k): counter-clockwise, as the angular coordinates
+        at_k = math.atan2(abs((-kx) * (ly - ky) - (-ky) * (lx - kx)),
+                          (-kx) * (lx - kx) + (-ky) * (ly - ky))
+        at_l = math.atan2(abs((l_ij - lx) * (ky - ly) - (-ly) * (kx - lx)),
+                          (l_ij - lx) * (kx - lx) + (-ly) * (ky - ly))
+        p_kl, p_lk = post[hp] + at_k, post[gp] + at_l
+        p_lj, p_jk, p_ki, p_il = post[gp], post[hn], post[hp], post[gn]
         # outer halfedges and their twins, before the rewrite
         t_jk, t_ki, t_il, t_lj = twin[hn], twin[hp], twin[gn], twin[gp]
         fh, fg = h - h % 3, g - g % 3
         # face fh becomes (l, j, k): l -> j, j -> k, k -> l; face fg becomes (k, i, l)
         faces[fh:fh + 3] = [ll, j, k]
         lengths[fh:fh + 3] = [l_lj, l_jk, l_kl]
+        post[fh:fh + 3] = [p_lj, p_jk, p_kl]
         faces[fg:fg + 3] = [k, i, ll]
         lengths[fg:fg + 3] = [l_ki, l_il, l_kl]
+        post[fg:fg + 3] = [p_ki, p_il, p_lk]
         new_twins = ((fh, t_lj), (fh + 1, t_jk), (fg, t_ki), (fg + 1, t_il))
         for a, b in new_twins:
             twin[a] = b
@@ -167,9 +190,16 @@ def intrinsic_delaunay(surface: object, *, max_flips: int | None = None) -> obje
     out = Surface.from_edge_lengths(np.asarray(faces, dtype=np.int64).reshape(F, 3),
                                     np.asarray(lengths).reshape(F, 3),
                                     n_vertices=surface.n_vertices, mollify_factor=0.0)
-    if out.n_vertices != surface.n_vertices:  # pragma: no cover - flips keep manifoldness
-        raise RuntimeError("intrinsic_delaunay changed the vertex set; please report")
-    return out
+    if out.n_vertices != surface.n_vertices or not np.array_equal(
+            np.asarray(out.faces).ravel(), np.asarray(faces)):  # pragma: no cover
+        raise RuntimeError("the retriangulated surface was renumbered; please report")
+    # the input's frames: rotate each vertex's frame so that every halfedge keeps the angular
+    # coordinate its signpost gives (in rescaled units)
+    want = np.asarray(post) * scale[np.asarray(faces)]
+    have = np.asarray(out.halfedge_angles).ravel()
+    theta = np.zeros(out.n_vertices)
+    theta[np.asarray(faces)] = want - have     # the same value for every halfedge of a vertex
+    return out.regauge(-theta)
 
 
 def _nxt(h: int) -> int:

@@ -71,9 +71,8 @@ class GeodesicSolver:
         (:func:`~manifoldmp.intrinsic_delaunay`: same vertices and metric, non-negative interior
         cotan weights), what potpourri3d's ``use_robust=True`` does. Needed on badly shaped
         meshes: on the shared Loop-subdivided koala (75k negative cotan weights) the plain heat
-        method returns 0.85 where the geodesic distance is 9.5. Distances only: vector transport
-        and the log map need frames carried through the flips, which is not implemented, and
-        raise with this option.
+        method returns 0.85 where the geodesic distance is 9.5. Transported vectors and log maps
+        are in the input's frames (the retriangulation carries them through the flips).
 
     Examples
     --------
@@ -99,10 +98,10 @@ class GeodesicSolver:
                                      f"got {type(domain).__name__}")
         self.t_coef = validate_positive(t_coef, "t_coef")
         self.poisson_shift = validate_positive(poisson_shift, "poisson_shift", allow_zero=True)
-        self.t = self.t_coef * _mean_edge_length(domain) ** 2  # of the input mesh
         if intrinsic_delaunay:
             domain = retriangulate(domain)
         self.domain = domain
+        self.t = self.t_coef * _mean_edge_length(domain) ** 2  # potpourri3d's choice too
         self._L0: sp.csr_matrix | None = None
         self._heat: dict[int, Any] = {}
         self._poisson: tuple[Any, np.ndarray, np.ndarray] | None = None
@@ -112,13 +111,6 @@ class GeodesicSolver:
     def n_vertices(self) -> int:
         """Number of vertices ``V``."""
         return int(self.domain.n_vertices)
-
-    def _no_frames(self, what: str) -> None:
-        if self.intrinsic_delaunay:
-            raise ParameterError(
-                f"{what} is not available with intrinsic_delaunay=True: the tangent frames of the "
-                "retriangulated surface differ from the input's (frame bookkeeping through the "
-                "flips is not implemented); use a GeodesicSolver without it")
 
     def _check_sources(self, sources: Any) -> np.ndarray:
         src = np.atleast_1d(np.asarray(sources))
@@ -249,7 +241,6 @@ class GeodesicSolver:
             The transported vector in each vertex's frame, with the source's magnitude; zero
             on connected components without the source (no path to transport along).
         """
-        self._no_frames("transport")
         src = int(self._check_sources(source)[0])
         vec = complex(vector)
         if not np.isfinite(vec) or vec == 0:
@@ -269,7 +260,6 @@ class GeodesicSolver:
             direction of the geodesic at the source. Complex infinity (``inf + 0j``: the
             distance) on connected components without the source.
         """
-        self._no_frames("log_map")
         src = int(self._check_sources(source)[0])
         d = self.distance(src)
         reached = np.isfinite(d)

@@ -8,6 +8,7 @@ import robust_laplacian as rl
 
 import manifoldmp as mmp
 from manifoldmp.errors import ParameterError
+from tests.conftest import shared_mesh
 
 
 def _jittered_sphere(seed: int = 0, jitter: float = 0.04) -> mmp.Surface:
@@ -84,8 +85,34 @@ def test_bad_input() -> None:
         mmp.GeodesicSolver(cloud, intrinsic_delaunay=True)
     with pytest.raises(ParameterError, match="must be a bool"):
         mmp.GeodesicSolver(mmp.meshes.icosphere(2), intrinsic_delaunay=1)
-    g = mmp.GeodesicSolver(mmp.meshes.icosphere(2), intrinsic_delaunay=True)
-    with pytest.raises(ParameterError, match="not available with intrinsic_delaunay"):
-        g.transport(0, 1.0)
-    with pytest.raises(ParameterError, match="not available with intrinsic_delaunay"):
-        g.log_map(0)
+    twisted = mmp.meshes.flat_torus(6, 8, twist=(0.3, 0.1))
+    with pytest.raises(ParameterError, match="transport twist"):
+        mmp.intrinsic_delaunay(twisted)
+
+
+def _angles_of_common_halfedges(S: mmp.Surface, D: mmp.Surface) -> tuple[np.ndarray, np.ndarray]:
+    def index(X: mmp.Surface) -> dict[tuple[int, int], int]:
+        F = np.asarray(X.faces)
+        tails, tips = F.ravel().tolist(), F[:, [1, 2, 0]].ravel().tolist()
+        return {(a, b): h for h, (a, b) in enumerate(zip(tails, tips, strict=True))}
+    s, d = index(S), index(D)
+    pairs = np.array([(s[e], d[e]) for e in s if e in d])
+    return (np.asarray(S.halfedge_angles).ravel()[pairs[:, 0]],
+            np.asarray(D.halfedge_angles).ravel()[pairs[:, 1]])
+
+
+def _signposts_hold(S: mmp.Surface) -> None:
+    D = mmp.intrinsic_delaunay(S)
+    a, b = _angles_of_common_halfedges(S, D)
+    assert a.size < 3 * S.n_faces  # something was flipped
+    # an edge that survives keeps its direction in the input's frame at both ends
+    assert np.abs(np.angle(np.exp(1j * (a - b)))).max() < 1e-10
+
+
+def test_result_is_in_the_input_gauge() -> None:
+    _signposts_hold(_jittered_sphere(2))
+    _signposts_hold(_jittered_sphere(2).regauge(np.linspace(0.0, 5.0, 642)))
+
+
+def test_result_is_in_the_input_gauge_on_a_raw_scan() -> None:
+    _signposts_hold(mmp.Surface.load(shared_mesh("face_rangescan.ply")))  # boundary, 17 parts
