@@ -16,10 +16,15 @@ from __future__ import annotations
 import logging
 import math
 from collections import deque
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from manifoldmp.errors import ParameterError
+from manifoldmp.mesh.validate import validate_int
+
+if TYPE_CHECKING:
+    from manifoldmp.surface import Surface
 
 __all__ = ["intrinsic_delaunay"]
 
@@ -36,7 +41,7 @@ def _cot_opposite(o: float, a: float, b: float) -> float:
     return (a * a + b * b - o * o) / (4.0 * area)
 
 
-def intrinsic_delaunay(surface: object, *, max_flips: int | None = None) -> object:
+def intrinsic_delaunay(surface: Any, *, max_flips: int | None = None) -> Surface:
     """The intrinsic Delaunay triangulation of ``surface`` (same vertices, same metric).
 
     Lawson's algorithm on edge lengths: an interior edge whose two opposite angles sum to more
@@ -60,7 +65,8 @@ def intrinsic_delaunay(surface: object, *, max_flips: int | None = None) -> obje
     Raises
     ------
     ParameterError
-        ``surface`` is not a :class:`~manifoldmp.Surface`.
+        ``surface`` is not a :class:`~manifoldmp.Surface`, has a transport twist, or
+        ``max_flips`` is not an integer >= 0.
 
     Notes
     -----
@@ -82,7 +88,7 @@ def intrinsic_delaunay(surface: object, *, max_flips: int | None = None) -> obje
     >>> D.n_faces == S.n_faces, bool(abs(D.vertex_areas.sum() - S.vertex_areas.sum()) < 1e-12)
     (True, True)
     """
-    from manifoldmp.surface import Surface
+    from manifoldmp.surface import Surface  # at call time: surface imports geometry
 
     if not isinstance(surface, Surface):
         raise ParameterError(f"surface must be a Surface, got {type(surface).__name__}")
@@ -102,7 +108,8 @@ def intrinsic_delaunay(surface: object, *, max_flips: int | None = None) -> obje
     tails = np.asarray(surface.faces, dtype=np.int64).ravel()
     post = (np.asarray(surface.halfedge_angles).ravel() / scale[tails]).tolist()
     n_edges = int(np.count_nonzero(np.asarray(surface.twin) < 0)) + (3 * F) // 2
-    limit = 50 * n_edges if max_flips is None else int(max_flips)
+    limit = 50 * n_edges if max_flips is None else validate_int(max_flips, "max_flips",
+                                                                 minimum=0)
     edges = {(min(faces[h], faces[_nxt(h)]), max(faces[h], faces[_nxt(h)])) for h in range(3 * F)}
 
     def cot(h: int) -> float:

@@ -12,8 +12,12 @@ Problems*, 2nd ed., sections 6.3 and 8.2):
   sparse LU factorization (SuperLU in symmetric mode after a METIS nested-dissection ordering:
   half the solve cost of SuperLU's own minimum degree on meshes, see
   :func:`fill_reducing_ordering`).
-* Blocks of ``b`` vectors go through the factorization together (multi right-hand-side solves),
-  and all orthogonalization is classical Gram-Schmidt twice plus Cholesky-QR twice (BLAS-3).
+* Blocks of ``b`` vectors go through the factorization together (multi right-hand-side solves);
+  each new block is orthogonalized against the last two blocks, then by one classical
+  Gram-Schmidt pass against the whole basis (repeated while it cancels), then within itself by
+  Cholesky-QR twice (BLAS-3).
+* The Ritz vectors end with inverse-iteration sweeps, which remove the rounding noise the
+  solves leave in the stiff directions (residuals at ARPACK's level).
 * The Rayleigh quotient ``T = Q^H S Q`` is filled from the orthogonalization coefficients, so
   checking convergence costs one small dense ``eigh``.
 * The residual of a Ritz pair is known exactly without forming the vector: if
@@ -122,7 +126,7 @@ def _dense(L: Any, mass: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return lam, s[:, None] * X
 
 
-def fill_reducing_ordering(A: sp.spmatrix) -> np.ndarray:
+def fill_reducing_ordering(A: sp.spmatrix) -> np.ndarray | None:
     """Nested-dissection ordering (METIS) of the symmetric pattern of ``A``.
 
     On surface meshes it leaves a factor with a quarter less fill than SuperLU's minimum degree
@@ -190,25 +194,30 @@ class SparseFactor:
         return _negative_pivots(self.lu)
 
 
-def _factorize(A: sp.spmatrix, perm: np.ndarray | None = None,
-               order: bool = True) -> SparseFactor:
+def _symmetric_lu(A: sp.spmatrix, perm: np.ndarray | None) -> Any:
+    """SuperLU in symmetric mode, no off-diagonal pivoting, of ``A[perm][:, perm]``.
+
+    Without ``perm`` SuperLU orders by minimum degree on ``A + A^T``. Raises ``RuntimeError``
+    on an exactly singular pivot.
+    """
+    if perm is not None:
+        return sla.splu(sp.csc_matrix(A)[perm][:, perm].tocsc(), permc_spec="NATURAL",
+                        diag_pivot_thresh=0.0, options={"SymmetricMode": True})
+    return sla.splu(sp.csc_matrix(A), permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.0,
+                    options={"SymmetricMode": True})
+
+
+def _factorize(A: sp.spmatrix, perm: np.ndarray | None = None) -> SparseFactor:
     """Sparse LU of a Hermitian matrix: symmetric mode first, partial pivoting as fallback.
 
     ``perm`` is a fill-reducing ordering to reuse (matrices with the same pattern); when not
-    given and ``order`` is true, a nested-dissection ordering is computed.
+    given, a nested-dissection ordering is computed.
     """
-    if perm is None and order:
+    if perm is None:
         perm = fill_reducing_ordering(A)
-    if perm is not None:
-        Ap = sp.csc_matrix(A)[perm][:, perm].tocsc()
-        spec = "NATURAL"
-    else:
-        Ap = sp.csc_matrix(A)
-        spec = "MMD_AT_PLUS_A"
     try:
-        lu = sla.splu(Ap, permc_spec=spec, diag_pivot_thresh=0.0,
-                      options={"SymmetricMode": True})
-        probe = lu.solve(np.ones(A.shape[0], dtype=Ap.dtype))
+        lu = _symmetric_lu(A, perm)
+        probe = lu.solve(np.ones(A.shape[0], dtype=A.dtype))
         if np.all(np.isfinite(probe)):
             return SparseFactor(lu, perm, True)
         reason = "non-finite solution"
@@ -320,12 +329,8 @@ def count_below(L: Any, mass: np.ndarray, mu: float) -> int | None:
     factorization had to pivot (the count would not be an inertia).
     """
     K = (L - mu * sp.diags(mass)).tocsc()
-    perm = fill_reducing_ordering(K)
-    if perm is not None:
-        K = K[perm][:, perm].tocsc()
     try:
-        lu = sla.splu(K, permc_spec="NATURAL" if perm is not None else "MMD_AT_PLUS_A",
-                      diag_pivot_thresh=0.0, options={"SymmetricMode": True})
+        lu = _symmetric_lu(K, fill_reducing_ordering(K))
     except RuntimeError:
         return None
     return _negative_pivots(lu)

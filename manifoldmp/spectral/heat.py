@@ -232,7 +232,7 @@ class HeatKernel:
         taken, 341 predicted); at short times the stopping rule's spaced checks add about a
         third (100k-vertex torus, ``t Lambda = 34``: 38 taken, 26 predicted).
         """
-        rho = 0.25 * max(float(t), 0.0) * self.spectral_bound()
+        rho = 0.25 * validate_positive(t, "t", allow_zero=True) * self.spectral_bound()
         return math.ceil(max(math.sqrt(5.0 * rho * math.log(10.0 / self.tol)), 1.0))
 
     def weyl_truncation_estimate(self, t: float) -> float:
@@ -241,9 +241,10 @@ class HeatKernel:
         ``N(lambda) ~ c + area lambda / (4 pi)`` for a surface of ``c`` components (the same
         leading term for every bundle type), so ``lambda_k ~ 4 pi (k - c) / area``.
         """
+        t = validate_positive(t, "t", allow_zero=True)
         c = int(getattr(self.domain, "n_components", 1)) if self.n == 0 else 0
         lam_k = 4.0 * math.pi * max(self.k - c, 0) / float(np.sum(self.mass))
-        return math.exp(-max(float(t), 0.0) * (lam_k + self.casimir_shift))
+        return math.exp(-t * (lam_k + self.casimir_shift))
 
     def choose_method(self, t: torch.Tensor) -> str:
         """The method ``auto`` uses for times ``t`` (and why, in the log).

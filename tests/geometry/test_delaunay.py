@@ -85,6 +85,9 @@ def test_bad_input() -> None:
         mmp.GeodesicSolver(cloud, intrinsic_delaunay=True)
     with pytest.raises(ParameterError, match="must be a bool"):
         mmp.GeodesicSolver(mmp.meshes.icosphere(2), intrinsic_delaunay=1)
+    for bad in (-1, 2.5, "3"):
+        with pytest.raises(ParameterError, match="max_flips"):
+            mmp.intrinsic_delaunay(mmp.meshes.icosphere(1), max_flips=bad)
     twisted = mmp.meshes.flat_torus(6, 8, twist=(0.3, 0.1))
     with pytest.raises(ParameterError, match="transport twist"):
         mmp.intrinsic_delaunay(twisted)

@@ -300,6 +300,11 @@ def test_krylov_steps_estimate_bounds_the_steps_at_long_times(sphere4: mmp.Surfa
         H(x, t)
         assert H.last_krylov.steps <= H.krylov_steps_estimate(t)
     assert H.krylov_steps_estimate(30.0) > H.STIFF_STEPS
+    for bad in (-1.0, float("nan"), "x"):
+        with pytest.raises(ParameterError, match="t"):
+            H.krylov_steps_estimate(bad)
+        with pytest.raises(ParameterError, match="t"):
+            H.weyl_truncation_estimate(bad)
 
 
 def test_auto_stiff_picks_spectral_when_weyl_says_k_suffices(
