@@ -7,6 +7,8 @@ its time discretization (THEORY.md 3.1-3.3), differentiable in ``x`` and ``t``:
 ``spectral``   truncated eigenbasis of the bundle (exact on its span; autograd through it).
 ``krylov``     Lanczos on ``M^-1/2 L_n M^-1/2`` to a relative tolerance; the backward pass is
                a heat application (custom autograd).
+``chebyshev``  Chebyshev expansion of the same flow with an a-priori degree (one sparse product
+               per degree, no inner products); backward as for ``krylov``.
 ``implicit``   ``steps`` backward-Euler steps ``(M + tau L_n) u+ = M u``, each solved by
                Jacobi-preconditioned conjugate gradients with a separate ``tau`` per channel
                (a learned time per channel would need a factorization per channel; CG needs
@@ -26,13 +28,14 @@ import torch
 from manifoldmp.errors import ManifoldmpError, ParameterError
 from manifoldmp.operators.bundle import OperatorBundle
 from manifoldmp.operators.sparse import column_real_dot
+from manifoldmp.spectral.chebyshev import heat_chebyshev
 from manifoldmp.spectral.krylov import heat_lanczos
 
 __all__ = ["HEAT_METHODS", "heat_flow"]
 
 log = logging.getLogger(__name__)
 
-HEAT_METHODS = ("spectral", "krylov", "implicit", "explicit")
+HEAT_METHODS = ("spectral", "krylov", "chebyshev", "implicit", "explicit")
 
 
 class SolverNotConverged(ManifoldmpError):
@@ -127,12 +130,14 @@ def heat_spectral(ops: OperatorBundle, n: int, x: torch.Tensor, t: torch.Tensor
 
 
 class _Krylov(torch.autograd.Function):
+    """Lanczos or Chebyshev heat flow; the backward pass is a heat flow of the same kind."""
+
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, t: torch.Tensor, ops: OperatorBundle, n: int,
-                tol: float) -> torch.Tensor:
+                tol: float, method: str = "krylov") -> torch.Tensor:
         with torch.no_grad():
-            y = _krylov_raw(ops, n, x, t, tol)
-        ctx.ops, ctx.n, ctx.tol = ops, n, tol
+            y = _krylov_raw(ops, n, x, t, tol, method)
+        ctx.ops, ctx.n, ctx.tol, ctx.method = ops, n, tol, method
         ctx.save_for_backward(y, t)
         return y
 
@@ -144,18 +149,22 @@ class _Krylov(torch.autograd.Function):
         with torch.no_grad():
             m = ops.mass[:, None].to(g.dtype)
             if ctx.needs_input_grad[0]:   # (exp(-tA))^H = M exp(-tA) M^-1
-                gx = m * _krylov_raw(ops, n, g / m, t, ctx.tol)
+                gx = m * _krylov_raw(ops, n, g / m, t, ctx.tol, ctx.method)
             if ctx.needs_input_grad[1]:   # d/dt y = -A y
                 Ay = _spmm(_laplacian(ops, n, y.dtype), y) / m
                 gt = -column_real_dot(g, Ay).to(t.dtype)
-        return gx, gt, None, None, None
+        return gx, gt, None, None, None, None
 
 
-def _krylov_raw(ops: OperatorBundle, n: int, x: torch.Tensor, t: torch.Tensor, tol: float
-                ) -> torch.Tensor:
+def _krylov_raw(ops: OperatorBundle, n: int, x: torch.Tensor, t: torch.Tensor, tol: float,
+                method: str = "krylov") -> torch.Tensor:
     key = ("sqrt_mass",)
     if key not in ops._cache:
         ops._cache[key] = ops.mass.sqrt()
+    if method == "chebyshev":
+        y, _ = heat_chebyshev(ops.shifted_laplacian(n, x.dtype), ops.spectral_bound(n),
+                              ops._cache[key], x, t, tol=tol)
+        return y
     y, _ = heat_lanczos(ops.symmetric_laplacian(n, x.dtype), ops._cache[key], x, t, tol=tol)
     return y
 
@@ -163,7 +172,13 @@ def _krylov_raw(ops: OperatorBundle, n: int, x: torch.Tensor, t: torch.Tensor, t
 def heat_krylov(ops: OperatorBundle, n: int, x: torch.Tensor, t: torch.Tensor, *,
                 tol: float = 1e-8) -> torch.Tensor:
     """Lanczos heat flow to relative tolerance ``tol`` (backward: a heat flow)."""
-    return _Krylov.apply(x, t, ops, n, tol)
+    return _Krylov.apply(x, t, ops, n, tol, "krylov")
+
+
+def heat_chebyshev_flow(ops: OperatorBundle, n: int, x: torch.Tensor, t: torch.Tensor, *,
+                        tol: float = 1e-8) -> torch.Tensor:
+    """Chebyshev heat flow, a-priori error bound ``tol`` on the output (backward: a heat flow)."""
+    return _Krylov.apply(x, t, ops, n, tol, "chebyshev")
 
 
 def _cg(ops: OperatorBundle, n: int, b: torch.Tensor, tau: torch.Tensor, tol: float
@@ -272,13 +287,14 @@ def heat_flow(ops: OperatorBundle, n: int, x: torch.Tensor, t: torch.Tensor, *,
         Real for ``n = 0``, complex otherwise.
     t : (C,) Tensor
         Non-negative times (one per channel).
-    method : {"spectral", "krylov", "implicit", "explicit"}
+    method : {"spectral", "krylov", "chebyshev", "implicit", "explicit"}
     casimir : float or Tensor
         ``kappa``: the flow is multiplied by ``exp(-t kappa n^2)`` (exact for every method).
     steps : int
         Time steps of the implicit and explicit schemes.
     tol : float, optional
-        Relative tolerance of Krylov and CG (default ``1e-10`` in float64, ``1e-6`` in float32).
+        Relative tolerance of Krylov, Chebyshev and CG (default ``1e-10`` in float64, ``1e-6``
+        in float32).
 
     Returns
     -------
@@ -305,6 +321,8 @@ def heat_flow(ops: OperatorBundle, n: int, x: torch.Tensor, t: torch.Tensor, *,
         y = heat_spectral(ops, n, x, t)
     elif method == "krylov":
         y = heat_krylov(ops, n, x, t, tol=tol)
+    elif method == "chebyshev":
+        y = heat_chebyshev_flow(ops, n, x, t, tol=tol)
     elif method == "implicit":
         y = heat_implicit(ops, n, x, t, steps=steps, tol=tol)
     else:

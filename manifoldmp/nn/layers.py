@@ -123,7 +123,7 @@ class BundleDiffusion(GaugeModule):
     ----------
     field_type : FieldType or str
         ``in_type = out_type``.
-    method : {"spectral", "krylov", "implicit", "explicit"}
+    method : {"spectral", "krylov", "chebyshev", "implicit", "explicit"}
         Exact truncated-spectral or Krylov semigroup, backward Euler, or forward Euler (one
         round of transported messages per step).
     steps : int

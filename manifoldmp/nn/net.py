@@ -122,7 +122,7 @@ class GaugeNet(nn.Module):
         mass-weighted pooled over the domain, mapped by a final linear layer.
     order : int
         Correlation order of the product basis in every block (1: none; 2 or 3).
-    method : {"spectral", "krylov", "implicit", "explicit"}
+    method : {"spectral", "krylov", "chebyshev", "implicit", "explicit"}
         Diffusion method of every block.
     steps : int
         Steps of the implicit/explicit diffusion.

@@ -1,5 +1,6 @@
 """Eigenpairs, heat semigroups (spectral, Krylov, implicit) and their applications."""
 
+from manifoldmp.spectral.chebyshev import ChebyshevNotConverged, chebyshev_expm
 from manifoldmp.spectral.descriptors import heat_kernel_signature, heat_trace
 from manifoldmp.spectral.eigen import EigenResult, EigenSolverError, generalized_eigsh
 from manifoldmp.spectral.geodesics import (
@@ -13,11 +14,13 @@ from manifoldmp.spectral.heat import HeatKernel, heat_diffuse
 from manifoldmp.spectral.krylov import KrylovNotConverged, lanczos_expm
 
 __all__ = [
+    "ChebyshevNotConverged",
     "EigenResult",
     "EigenSolverError",
     "GeodesicSolver",
     "HeatKernel",
     "KrylovNotConverged",
+    "chebyshev_expm",
     "generalized_eigsh",
     "heat_diffuse",
     "heat_kernel_signature",

@@ -33,6 +33,7 @@ DOMAINS = {
 LAYERS = {
     "diffusion-spectral": lambda: mnn.BundleDiffusion(FT, method="spectral", casimir=True),
     "diffusion-krylov": lambda: mnn.BundleDiffusion(FT, method="krylov", casimir=0.3),
+    "diffusion-chebyshev": lambda: mnn.BundleDiffusion(FT, method="chebyshev", casimir=0.3),
     "diffusion-implicit": lambda: mnn.BundleDiffusion(FT, method="implicit", steps=2),
     "diffusion-explicit": lambda: mnn.BundleDiffusion(FT, method="explicit", steps=3),
     "linear": lambda: mnn.GaugeLinear(FT, OUT),
@@ -162,7 +163,7 @@ def test_diffusion_methods_against_dense_matrix_functions(n: int, t: float) -> N
     kappa = 0.7
     exact = sla.expm(-t * A) @ x * math.exp(-t * kappa * n * n)
     scale = np.abs(exact).max()
-    for method, tol in (("spectral", 1e-10), ("krylov", 1e-8)):
+    for method, tol in (("spectral", 1e-10), ("krylov", 1e-8), ("chebyshev", 1e-8)):
         y = mnn.heat_flow(ops, n, xt, tt, method=method, casimir=kappa).numpy()
         assert np.abs(y - exact).max() < tol * scale, method
     I = np.eye(S.n_vertices)
@@ -175,14 +176,14 @@ def test_diffusion_methods_against_dense_matrix_functions(n: int, t: float) -> N
     # float32 paths
     o32 = ops.to(dtype=torch.float32)
     x32 = xt.to(torch.complex64 if n else torch.float32)
-    for method in ("spectral", "krylov", "implicit"):
+    for method in ("spectral", "krylov", "chebyshev", "implicit"):
         y = mnn.heat_flow(o32, n, x32, tt.float(), method=method, casimir=kappa).numpy()
         ref = exact if method != "implicit" else sla.expm(-t * A) @ x * 0 + mnn.heat_flow(
             ops, n, xt, tt, method="implicit", casimir=kappa).numpy()
         assert np.abs(y - ref).max() < 1e-4 * np.abs(ref).max(), method
 
 
-@pytest.mark.parametrize("method", ["spectral", "krylov", "implicit", "explicit"])
+@pytest.mark.parametrize("method", ["spectral", "krylov", "chebyshev", "implicit", "explicit"])
 @pytest.mark.parametrize("n", [0, 1])
 def test_diffusion_gradcheck_in_x_and_t(method: str, n: int) -> None:
     S = mmp.meshes.icosphere(1)
@@ -204,7 +205,7 @@ def test_mass_is_conserved_by_scalar_diffusion() -> None:
     x = torch.randn(S.n_vertices, 3, dtype=torch.float64)
     t = torch.tensor([1e-3, 1e-2, 1.0], dtype=torch.float64)
     m = ops.mass[:, None]
-    for method in ("spectral", "krylov", "implicit", "explicit"):
+    for method in ("spectral", "krylov", "chebyshev", "implicit", "explicit"):
         y = mnn.heat_flow(ops, 0, x, t, method=method, steps=3 if method == "implicit" else 400,
                           tol=1e-13)
         assert torch.allclose((m * y).sum(0), (m * x).sum(0), rtol=0, atol=1e-11), method

@@ -32,7 +32,7 @@ def test_gaugenet_is_gauge_equivariant(domain: object, order: int, dtype: torch.
     assert_gauge_equivariant(net, domain, dtype=dtype, k_eig=domain.n_vertices)
 
 
-@pytest.mark.parametrize("method", ["krylov", "implicit", "explicit"])
+@pytest.mark.parametrize("method", ["krylov", "chebyshev", "implicit", "explicit"])
 def test_gaugenet_other_diffusions_are_equivariant(method: str) -> None:
     torch.manual_seed(0)
     net = randomize(mnn.GaugeNet("2x0+1x1", "1x0+1x1+1x2", width=15, blocks=2, order=2,

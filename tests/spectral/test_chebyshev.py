@@ -1,0 +1,160 @@
+"""Chebyshev heat flow: coefficients, recurrence, a-priori bound, degree extension, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.polynomial.chebyshev as npc
+import pytest
+import scipy.linalg as la
+import scipy.sparse as sp
+import torch
+
+import manifoldmp as mmp
+from manifoldmp.errors import ManifoldmpError
+from manifoldmp.spectral.chebyshev import (
+    ChebyshevNotConverged,
+    chebyshev_coefficients,
+    chebyshev_degree,
+    chebyshev_expm,
+    gershgorin_bound,
+    shifted_step,
+)
+
+pytestmark = pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta")
+
+
+@pytest.fixture(scope="module")
+def jittered() -> mmp.Surface:
+    return mmp.meshes.jittered_sphere(2, amount=0.3)
+
+
+def _dense_B(S, n: int) -> tuple[np.ndarray, np.ndarray]:
+    m = np.asarray(S.vertex_areas)
+    s = 1.0 / np.sqrt(m)
+    return (s[:, None] * mmp.connection_laplacian(S, n).toarray() * s[None, :]), m
+
+
+@pytest.mark.parametrize("w", [0.0, 0.3, 5.0, 80.0, 900.0])
+def test_coefficients_match_chebyshev_interpolation(w: float) -> None:
+    # slow obvious reference: interpolate exp(-w (1 + s)) at Chebyshev points
+    deg = 40 + int(3 * np.sqrt(w * 40))
+    ref = npc.chebinterpolate(lambda s: np.exp(-w * (1.0 + s)), deg)
+    coef, tail = chebyshev_coefficients(np.array([w]), deg)
+    np.testing.assert_allclose(coef[:, 0], ref, rtol=0, atol=1e-13)  # interpolation rounding
+    assert np.all(np.diff(tail[:, 0]) <= 0) and tail[-1, 0] < 1e-14
+    # sum_k (-1)^k c_k = exp(0) = 1 and the tail is what the partial sums still miss
+    full = np.abs(coef[:, 0]).sum() + tail[-1, 0]
+    assert abs(full - 1.0) < 1e-13
+    np.testing.assert_allclose(1.0 - np.cumsum(np.abs(coef[:, 0])), tail[:, 0], atol=1e-13)
+
+
+def test_degree_is_the_first_meeting_the_bound() -> None:
+    w = np.array([3.0, 250.0])
+    for tol in (1e-4, 1e-8, 1e-12):
+        m = chebyshev_degree(w, tol, max_degree=5000)
+        _, tail = chebyshev_coefficients(w, m)
+        assert np.all(2 * tail[m] <= tol) and not np.all(2 * tail[m - 1] <= tol)
+    assert chebyshev_degree(w, 1e-12, max_degree=10) == 11   # over the limit
+
+
+@pytest.mark.parametrize("n", [0, 1])
+def test_recurrence_evaluates_the_stated_polynomial(jittered: mmp.Surface, n: int) -> None:
+    # the fast recurrence against the polynomial evaluated on the dense eigendecomposition
+    B, _ = _dense_B(jittered, n)
+    b = float(np.linalg.eigvalsh(B)[-1]) * 1.01
+    lam, U = np.linalg.eigh(B)
+    S = torch.from_numpy((4.0 / b) * B - 2.0 * np.eye(len(B))).to_sparse_csr()
+    rng = np.random.default_rng(3)
+    z = rng.standard_normal((len(B), 3)) + (1j * rng.standard_normal((len(B), 3)) if n else 0)
+    zt = torch.from_numpy(z)
+    S = S.to(zt.dtype)
+    t = np.array([2e-3, 0.05, 0.4])
+    y, info = chebyshev_expm(shifted_step(S), zt, torch.from_numpy(t), b, tol=1e-12)
+    s = 2.0 * lam / b - 1.0
+    coef, tail = chebyshev_coefficients(0.5 * b * t, info.degree)
+    for c in range(3):
+        poly = npc.chebval(s, coef[:, c]) + tail[info.degree, c]   # p(0) = 1 correction
+        ref = U @ (poly[:, None] * (U.conj().T @ z[:, c:c + 1]))
+        np.testing.assert_allclose(y[:, c:c + 1].numpy(), ref, rtol=0, atol=1e-12)
+        exact = U @ (np.exp(-t[c] * lam)[:, None] * (U.conj().T @ z[:, c:c + 1]))
+        assert np.linalg.norm(y[:, c:c + 1].numpy() - exact) <= 1e-12 * np.linalg.norm(exact)
+    # the out-of-place step (the CUDA path) gives the same result
+    y2, _ = chebyshev_expm(lambda X, Y: torch.addmm(Y, S, X, beta=-1), zt, torch.from_numpy(t),
+                           b, tol=1e-12)
+    np.testing.assert_allclose(y2.numpy(), y.numpy(), rtol=0, atol=1e-14)
+    assert torch.equal(zt, torch.from_numpy(z))   # the input is left unchanged
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("n", [0, 1, 2])
+def test_error_within_the_stated_bound(jittered: mmp.Surface, n: int, dtype: torch.dtype) -> None:
+    m = np.asarray(jittered.vertex_areas)
+    A = mmp.connection_laplacian(jittered, n).toarray() / m[:, None]
+    rng = np.random.default_rng(n)
+    x = rng.standard_normal((jittered.n_vertices, 2))
+    x = x + 1j * rng.standard_normal(x.shape) if n else x
+    for tol in ((1e-4, 1e-6) if dtype == torch.float32 else (1e-6, 1e-10, 1e-13)):
+        H = mmp.HeatKernel(jittered, n, method="chebyshev", tol=tol, dtype=dtype)
+        for t in (1e-4, 3e-3, 0.1, 2.0):
+            ref = la.expm(-t * A) @ x
+            y = H(torch.from_numpy(x), t).numpy()
+            err = np.sqrt(np.sum(m[:, None] * np.abs(y - ref) ** 2, axis=0)
+                          / np.sum(m[:, None] * np.abs(ref) ** 2, axis=0)).max()
+            info = H.last_chebyshev
+            assert err <= info.error_bound, (tol, t)
+            if dtype == torch.float64 and tol >= 1e-10:   # 1e-13: below rounding when y << x
+                assert info.error_bound <= tol, (tol, t)
+
+
+def test_degree_grows_when_the_output_is_small(jittered: mmp.Surface) -> None:
+    # a zero-mean input decays like exp(-t lambda_2): the tolerance relative to the output
+    # needs more degrees than the a-priori one relative to the input
+    m = np.asarray(jittered.vertex_areas)
+    A = mmp.connection_laplacian(jittered, 0).toarray() / m[:, None]
+    x = np.random.default_rng(0).standard_normal((jittered.n_vertices, 1))
+    x -= (m @ x) / m.sum()
+    t = 3.0
+    H = mmp.HeatKernel(jittered, 0, method="chebyshev", tol=1e-8)
+    y = H(torch.from_numpy(x), t).numpy()
+    ref = la.expm(-t * A) @ x
+    assert np.linalg.norm(ref) < 1e-3 * np.linalg.norm(x)
+    assert H.last_chebyshev.degree > H.chebyshev_degree(t)
+    assert np.linalg.norm(y - ref) <= 1e-8 * np.linalg.norm(ref) * 10  # Euclidean vs M-norm
+
+
+def test_spectrum_bound_is_rigorous_and_the_tighter_gershgorin() -> None:
+    for S in (mmp.meshes.jittered_sphere(2, amount=0.4),
+              mmp.PointCloud(mmp.meshes.random_sphere(300).vertices, n_neighbors=10)):
+        for n in (0, 1):
+            B, m = _dense_B(S, n)
+            L = mmp.connection_laplacian(S, n)
+            b = gershgorin_bound(L, m)
+            assert np.linalg.eigvalsh(B)[-1] <= b * (1 + 1e-12)
+            rows = np.max(np.asarray(abs(L).sum(axis=1)).ravel() / m)
+            assert b <= rows and b == mmp.HeatKernel(S, n).spectral_bound()
+
+
+def test_max_degree_and_errors(jittered: mmp.Surface) -> None:
+    H = mmp.HeatKernel(jittered, 1, method="chebyshev", tol=1e-10)
+    z = torch.ones(jittered.n_vertices, 1, dtype=torch.complex128)
+    S = H._shifted(z.device, z.dtype)
+    with pytest.raises(ChebyshevNotConverged, match="max_degree=5") as exc:
+        chebyshev_expm(shifted_step(S), z, torch.tensor([1.0], dtype=torch.float64),
+                       H.spectral_bound(), tol=1e-10, max_degree=5)
+    assert isinstance(exc.value, (ManifoldmpError, ValueError))
+    for bad in (-1.0, float("nan"), "x"):
+        with pytest.raises(ManifoldmpError, match="t"):
+            H.chebyshev_degree(bad)
+    assert sp.issparse(H.laplacian)
+
+
+def test_layer_bundle_uses_the_same_rigorous_bound(jittered: mmp.Surface) -> None:
+    from manifoldmp import nn as mnn
+    ops = mnn.precompute(jittered, max_type=2, k_eig=0)
+    for n in (0, 1, 2):
+        B, _ = _dense_B(jittered, n)
+        b = ops.spectral_bound(n)
+        assert np.linalg.eigvalsh(B)[-1] <= b * (1 + 1e-12)
+        np.testing.assert_allclose(b, mmp.HeatKernel(jittered, n).spectral_bound(), rtol=1e-12)
+        S = ops.shifted_laplacian(n).to_dense().numpy()
+        np.testing.assert_allclose(S, (4.0 / b) * B - 2.0 * np.eye(len(B)), atol=1e-12)
