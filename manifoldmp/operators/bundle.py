@@ -229,20 +229,33 @@ class OperatorBundle:
         """``S_n = (4 / b) B_n - 2 I`` with ``b`` = :meth:`spectral_bound` (sparse CSR, cached).
 
         The operator of the Chebyshev recurrence
-        (:func:`manifoldmp.spectral.chebyshev.chebyshev_expm`): it maps the spectrum of
-        :meth:`symmetric_laplacian` into ``[-2, 2]``.
+        (:func:`manifoldmp.spectral.chebyshev.heat_chebyshev`): it maps the spectrum of
+        :meth:`symmetric_laplacian` into ``[-2, 2]``. Always real: ``(V, V)`` for a real
+        ``L_n``, the ``(2V, 2V)`` stacked form ``[[Re S, -Im S], [Im S, Re S]]`` for a complex
+        one (a real sparse product is faster than the complex one of the same data).
+        ``dtype`` picks the precision (default the bundle's).
         """
-        B = self.symmetric_laplacian(n, dtype)
-        key = ("S", n, B.dtype)
+        real = self.dtype if dtype is None else (
+            torch.float32 if dtype in (torch.float32, torch.complex64) else torch.float64)
+        key = ("S", n, real)
         if key not in self._cache:
-            crow, col, val, shape = _csr_parts(B)
+            crow, col, val, shape = _csr_parts(self.symmetric_laplacian(n))
             V = shape[0]
             row = torch.repeat_interleave(torch.arange(V, device=crow.device), crow.diff())
             idx = torch.arange(V, device=crow.device)
-            vals = torch.cat([val * (4.0 / self.spectral_bound(n)),
-                              torch.full((V,), -2.0, dtype=val.dtype, device=val.device)])
-            S = torch.sparse_coo_tensor(torch.stack([torch.cat([row, idx]), torch.cat([col, idx])]),
-                                        vals, (V, V)).coalesce()
+            val = val * (4.0 / self.spectral_bound(n))
+            rows, cols = torch.cat([row, idx]), torch.cat([col, idx])
+            re = torch.cat([val.real if val.is_complex() else val,
+                            torch.full((V,), -2.0, dtype=real, device=val.device)]).to(real)
+            if val.is_complex():
+                im = torch.cat([val.imag, torch.zeros(V, dtype=real, device=val.device)]).to(real)
+                rows = torch.cat([rows, rows, rows + V, rows + V])
+                cols = torch.cat([cols, cols + V, cols, cols + V])
+                vals = torch.cat([re, -im, im, re])
+                V2 = 2 * V
+            else:
+                vals, V2 = re, V
+            S = torch.sparse_coo_tensor(torch.stack([rows, cols]), vals, (V2, V2)).coalesce()
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
                 self._cache[key] = S.to_sparse_csr()

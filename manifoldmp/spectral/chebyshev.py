@@ -10,6 +10,8 @@ With ``s = 2 lambda / b - 1`` mapping ``[0, b]`` onto ``[-1, 1]`` and ``w = t b 
 ``y_{k+1} = S y_k - y_{k-1}`` with the shifted operator ``S = (4 / b) B - 2 I``: one sparse
 block product per degree, written in place into the block it replaces, and one accumulation.
 No inner products, no basis, no dense ``m x m`` problem; on a GPU nothing leaves the device.
+Complex features of a complex operator run on its stacked real form (:func:`stacked_real`):
+MKL's real product is faster than its complex one on the same data.
 
 Error: ``|T_k| <= 1`` on ``[-1, 1]``, so for every ``z``
 ``||p_m(B) z - exp(-t B) z|| <= tail_m ||z||`` with ``tail_m = sum_{k > m} |c_k|``, computed
@@ -49,7 +51,7 @@ from manifoldmp.errors import ManifoldmpError
 from manifoldmp.operators.sparse import column_real_dot
 
 __all__ = ["ChebyshevInfo", "ChebyshevNotConverged", "chebyshev_coefficients", "chebyshev_degree",
-           "chebyshev_expm", "gershgorin_bound"]
+           "chebyshev_expm", "gershgorin_bound", "stacked_real"]
 
 log = logging.getLogger(__name__)
 
@@ -265,6 +267,17 @@ def shifted_step(S: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor], torc
     return step
 
 
+def stacked_real(S: sp.spmatrix) -> sp.csr_matrix:
+    """``[[Re S, -Im S], [Im S, Re S]]``: the real ``(2V, 2V)`` form acting on ``[Re z; Im z]``.
+
+    The Chebyshev recurrence runs on it for complex features: MKL's real sparse product of a
+    ``(2V, C)`` block is faster than its complex product of the same ``(V, C)`` data (100k
+    torus, 64 channels: 21 against 30 ms), for the same bytes of dense data.
+    """
+    S = sp.csr_matrix(S)
+    return sp.bmat([[S.real, -S.imag], [S.imag, S.real]], format="csr")
+
+
 def heat_chebyshev(S: torch.Tensor, bound: float, sqrt_mass: torch.Tensor, x: torch.Tensor,
                    t: torch.Tensor, *, tol: float, max_degree: int = 20000
                    ) -> tuple[torch.Tensor, ChebyshevInfo]:
@@ -272,9 +285,11 @@ def heat_chebyshev(S: torch.Tensor, bound: float, sqrt_mass: torch.Tensor, x: to
 
     Parameters
     ----------
-    S : (V, V) sparse CSR Tensor
-        ``(4 / bound) B - 2 I`` with ``B = M^-1/2 L M^-1/2``, in ``x``'s dtype and on its
-        device.
+    S : (V, V) or (2V, 2V) sparse CSR Tensor
+        ``(4 / bound) B - 2 I`` with ``B = M^-1/2 L M^-1/2``, on ``x``'s device: complex of
+        ``x``'s dtype, or real of its precision, either ``(V, V)`` (a real operator: the real
+        and imaginary parts of complex ``x`` flow separately, as interleaved real columns) or
+        the ``(2V, 2V)`` :func:`stacked_real` form of a complex operator.
     bound : float
         The ``b`` of ``S``: an upper bound on the spectrum of ``B``.
     sqrt_mass : (V,) real Tensor
@@ -291,8 +306,23 @@ def heat_chebyshev(S: torch.Tensor, bound: float, sqrt_mass: torch.Tensor, x: to
     y : (V, C) Tensor
     info : ChebyshevInfo
     """
+    V, C = x.shape
     s = sqrt_mass[:, None].to(x.dtype)
-    step = shifted_step(S)
-    y, info = chebyshev_expm(step, s * x.detach(), t, bound, tol=tol, max_degree=max_degree,
+    z = s * x.detach()
+    real_op = not S.is_complex()
+    if z.is_complex() and real_op and S.shape[0] == 2 * V:
+        zr, tr = torch.cat([z.real, z.imag]), t
+    elif z.is_complex() and real_op:
+        zr, tr = torch.view_as_real(z).reshape(V, 2 * C), t.repeat_interleave(2)
+    elif not z.is_complex() and S.shape[0] == 2 * V:
+        zr, tr = torch.cat([z, torch.zeros_like(z)]), t
+    else:
+        zr, tr = z, t
+    zr = zr.to(S.dtype)
+    y, info = chebyshev_expm(shifted_step(S), zr, tr, bound, tol=tol, max_degree=max_degree,
                              first=lambda X: torch.addmm(X, S, X, beta=0, alpha=0.5))
-    return y.div_(s), info
+    if y.shape[0] == 2 * V:
+        y = torch.complex(y[:V], y[V:]) if x.is_complex() else y[:V]
+    elif x.is_complex() and not y.is_complex():
+        y = torch.view_as_complex(y.reshape(V, C, 2))
+    return y.to(x.dtype).div_(s), info

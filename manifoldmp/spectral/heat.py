@@ -55,6 +55,7 @@ from manifoldmp.spectral.chebyshev import (
     chebyshev_degree,
     gershgorin_bound,
     heat_chebyshev,
+    stacked_real,
 )
 from manifoldmp.spectral.eigen import DENSE_LIMIT, EigenResult, generalized_eigsh
 from manifoldmp.spectral.implicit import SCHEMES, error_bound, factorize_shifted, sdirk_steps
@@ -241,8 +242,13 @@ class HeatKernel:
         return B
 
     def _shifted(self, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-        """``S = (4 / b) B - 2 I`` of the Chebyshev recurrence (cached per device and dtype)."""
-        key = (device, dtype)
+        """``S = (4 / b) B - 2 I`` of the Chebyshev recurrence, real (cached per device, dtype).
+
+        ``(V, V)`` for ``n = 0``; for ``n != 0`` the ``(2V, 2V)`` stacked real form
+        (:func:`~manifoldmp.spectral.chebyshev.stacked_real`), whose real product is faster.
+        """
+        real = torch.float32 if dtype in (torch.float32, torch.complex64) else torch.float64
+        key = (device, real)
         S = self._torch_S.get(key)
         if S is None:
             from manifoldmp.operators.sparse import to_torch_sparse
@@ -251,7 +257,9 @@ class HeatKernel:
             Ss = ((4.0 / self.spectral_bound()) * B
                   - 2.0 * sp.identity(self.n_vertices, format="csr")).tocsr()
             Ss.sum_duplicates()
-            S = to_torch_sparse(Ss, device=device).to(dtype)
+            if np.iscomplexobj(Ss.data):
+                Ss = stacked_real(Ss)
+            S = to_torch_sparse(Ss, device=device).to(real)
             self._torch_S[key] = S
         return S
 

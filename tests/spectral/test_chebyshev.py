@@ -17,6 +17,7 @@ from manifoldmp.spectral.chebyshev import (
     chebyshev_degree,
     chebyshev_expm,
     gershgorin_bound,
+    heat_chebyshev,
     shifted_step,
 )
 
@@ -138,9 +139,10 @@ def test_max_degree_and_errors(jittered: mmp.Surface) -> None:
     H = mmp.HeatKernel(jittered, 1, method="chebyshev", tol=1e-10)
     z = torch.ones(jittered.n_vertices, 1, dtype=torch.complex128)
     S = H._shifted(z.device, z.dtype)
+    sq = torch.ones(jittered.n_vertices, dtype=torch.float64)
     with pytest.raises(ChebyshevNotConverged, match="max_degree=5") as exc:
-        chebyshev_expm(shifted_step(S), z, torch.tensor([1.0], dtype=torch.float64),
-                       H.spectral_bound(), tol=1e-10, max_degree=5)
+        heat_chebyshev(S, H.spectral_bound(), sq, z, torch.tensor([1.0], dtype=torch.float64),
+                       tol=1e-10, max_degree=5)
     assert isinstance(exc.value, (ManifoldmpError, ValueError))
     for bad in (-1.0, float("nan"), "x"):
         with pytest.raises(ManifoldmpError, match="t"):
@@ -157,4 +159,46 @@ def test_layer_bundle_uses_the_same_rigorous_bound(jittered: mmp.Surface) -> Non
         assert np.linalg.eigvalsh(B)[-1] <= b * (1 + 1e-12)
         np.testing.assert_allclose(b, mmp.HeatKernel(jittered, n).spectral_bound(), rtol=1e-12)
         S = ops.shifted_laplacian(n).to_dense().numpy()
-        np.testing.assert_allclose(S, (4.0 / b) * B - 2.0 * np.eye(len(B)), atol=1e-12)
+        ref = (4.0 / b) * B - 2.0 * np.eye(len(B))
+        if n:   # the stacked real form of the complex operator
+            ref = np.block([[ref.real, -ref.imag], [ref.imag, ref.real]])
+        np.testing.assert_allclose(S, ref, atol=1e-12)
+        assert not ops.shifted_laplacian(n).is_complex()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_operator_forms_agree(jittered: mmp.Surface, dtype: torch.dtype) -> None:
+    # complex (V, V), stacked real (2V, 2V) and, for n = 0, the real operator on interleaved
+    # real and imaginary parts: one flow, checked against dense expm
+    from manifoldmp.operators.sparse import complex_dtype
+    m = np.asarray(jittered.vertex_areas)
+    sq = torch.from_numpy(np.sqrt(m)).to(dtype)
+    cdt = complex_dtype(dtype)
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((len(m), 3)) + 1j * rng.standard_normal((len(m), 3))
+    t = torch.tensor([1e-3, 2e-2, 0.0], dtype=dtype)
+    rtol = 1e-10 if dtype == torch.float64 else 1e-4
+    for n in (0, 1):
+        B, _ = _dense_B(jittered, n)
+        b = gershgorin_bound(mmp.connection_laplacian(jittered, n), m)
+        Sd = (4.0 / b) * B - 2.0 * np.eye(len(m))
+        forms = {"complex": torch.from_numpy(Sd.astype(complex)).to_sparse_csr().to(cdt),
+                 "stacked": torch.from_numpy(np.block([[Sd.real, -Sd.imag], [Sd.imag, Sd.real]])
+                                             ).to_sparse_csr().to(dtype)}
+        if n == 0:
+            forms["real"] = torch.from_numpy(Sd.real.copy()).to_sparse_csr().to(dtype)
+        A = mmp.connection_laplacian(jittered, n).toarray() / m[:, None]
+        for c in range(3):
+            ref = la.expm(-float(t[c]) * A) @ x[:, c]
+            for name, S in forms.items():
+                y, _ = heat_chebyshev(S, b, sq, torch.from_numpy(x).to(cdt), t, tol=1e-11)
+                assert y.dtype == cdt
+                err = np.linalg.norm(y[:, c].numpy() - ref) / np.linalg.norm(ref)
+                assert err < rtol, (n, name, c)
+            if n == 0:   # real features through the stacked and real forms
+                for name in ("stacked", "real"):
+                    yr, _ = heat_chebyshev(forms[name], b, sq, torch.from_numpy(x.real).to(dtype),
+                                           t, tol=1e-11)
+                    assert yr.dtype == dtype
+                    err = np.linalg.norm(yr[:, c].numpy() - ref.real) / np.linalg.norm(ref.real)
+                    assert err < rtol, (name, c)
