@@ -138,6 +138,20 @@ def chebyshev_coefficients(w: np.ndarray, degree: int) -> tuple[np.ndarray, np.n
     return (sign * mag)[: degree + 1, inv], tail[: degree + 1, inv]
 
 
+def _first_degree(tail: np.ndarray, rel: np.ndarray | float, eps: float) -> int | None:
+    """Smallest ``m`` with ``2 tail[m] <= max(rel, ROUNDING m eps)`` in every column, or None."""
+    rel = np.broadcast_to(np.asarray(rel, dtype=np.float64), tail.shape[1:])
+    m = np.arange(tail.shape[0], dtype=np.float64)[:, None]
+    good = (2.0 * tail <= np.maximum(rel[None, :], ROUNDING * np.maximum(m, 1.0) * eps)).all(1)
+    return int(np.argmax(good)) if good.any() else None
+
+
+def _all_coefficients(w: np.ndarray, max_degree: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`chebyshev_coefficients` up to where they vanish (at most ``max_degree``)."""
+    n = min(max_degree, max((_n_terms(float(v)) for v in np.unique(w)), default=1))
+    return chebyshev_coefficients(w, n)
+
+
 def chebyshev_degree(w: np.ndarray, rel: np.ndarray | float, *, max_degree: int,
                      eps: float = 2.0**-52) -> int:
     """Smallest ``m`` with ``2 tail_m(w_c) <= max(rel_c, rounding)`` for every column.
@@ -154,13 +168,8 @@ def chebyshev_degree(w: np.ndarray, rel: np.ndarray | float, *, max_degree: int,
         Unit roundoff of the working precision (the floor ``ROUNDING m eps``).
     """
     w = np.asarray(w, dtype=np.float64).reshape(-1)
-    rel = np.broadcast_to(np.asarray(rel, dtype=np.float64), w.shape)
-    n = min(max_degree, max((_n_terms(float(v)) for v in np.unique(w)), default=1))
-    _, tail = chebyshev_coefficients(w, n)
-    m = np.arange(n + 1, dtype=np.float64)[:, None]
-    ok = 2.0 * tail <= np.maximum(rel[None, :], ROUNDING * np.maximum(m, 1.0) * eps)
-    good = ok.all(axis=1)
-    return int(np.argmax(good)) if good.any() else max_degree + 1
+    m = _first_degree(_all_coefficients(w, max_degree)[1], rel, eps)
+    return max_degree + 1 if m is None else m
 
 
 def chebyshev_expm(step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], z: torch.Tensor,
@@ -200,13 +209,13 @@ def chebyshev_expm(step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], z
                        device=z.device)
     znorm = column_real_dot(z, z, workspace=work).sqrt_().cpu().numpy().astype(np.float64)
 
-    degree = chebyshev_degree(w, tol, max_degree=max_degree, eps=eps)
-    if degree > max_degree:
+    coef, tail = _all_coefficients(w, max_degree)     # computed once per call
+    degree = _first_degree(tail, tol, eps)
+    if degree is None:
         raise ChebyshevNotConverged(
             f"the Chebyshev degree for tol={tol:.1e} at t b = {2 * float(w.max()):.3g} exceeds "
             f"max_degree={max_degree}; use the Lanczos, spectral or implicit method")
-    coef, tail = chebyshev_coefficients(w, degree)
-    ct = torch.as_tensor(coef, dtype=real, device=z.device).to(z.dtype)   # (m + 1, C)
+    ct = torch.as_tensor(coef, dtype=real, device=z.device).to(z.dtype)   # (n + 1, C)
     y = z * ct[0][None, :]
     done = 0
     prev: torch.Tensor | None = None
@@ -230,16 +239,14 @@ def chebyshev_expm(step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], z
         if np.all((err_abs + floor <= tol * lower) | (err_abs <= floor)):
             break
         want = np.where(znorm > 0, (tol * lower - floor) / np.where(znorm > 0, znorm, 1.0), 1.0)
-        new = chebyshev_degree(w, want, max_degree=max_degree, eps=eps)
-        if new > max_degree:
+        new = _first_degree(tail, want, eps)
+        if new is None:
             raise ChebyshevNotConverged(
                 f"the Chebyshev degree for tol={tol:.1e} relative to an output "
                 f"{float(np.min(ynorm / np.where(znorm > 0, znorm, 1.0))):.1e} times the input "
                 f"exceeds max_degree={max_degree}; use the Lanczos or spectral method")
         if new <= degree:   # the rounding floor: nothing more to gain
             break
-        coef, tail = chebyshev_coefficients(w, new)
-        ct = torch.as_tensor(coef, dtype=real, device=z.device).to(z.dtype)
         degree = new
     # p_m(0) = 1 exactly: add the tail to the constant term (module docstring)
     y.addcmul_(z, torch.as_tensor(tail[degree], dtype=real, device=z.device).to(z.dtype)[None, :])
