@@ -47,7 +47,8 @@ import scipy.sparse as sp
 import scipy.special as special
 import torch
 
-from manifoldmp.errors import ManifoldmpError
+from manifoldmp.errors import ManifoldmpError, ParameterError
+from manifoldmp.mesh.validate import validate_int, validate_positive
 from manifoldmp.operators.sparse import column_real_dot
 
 __all__ = ["ChebyshevInfo", "ChebyshevNotConverged", "chebyshev_coefficients", "chebyshev_degree",
@@ -83,6 +84,13 @@ class ChebyshevInfo:
     spectrum_bound: float
 
 
+def _check_w(w: np.ndarray) -> np.ndarray:
+    w = np.asarray(w, dtype=np.float64).reshape(-1)
+    if not np.all(np.isfinite(w)) or np.any(w < 0):
+        raise ParameterError(f"w = t b / 2 must be finite and >= 0 per column, got {w}")
+    return w
+
+
 def _n_terms(w: float) -> int:
     """Number of terms beyond which ``I_k(w) e^{-w}`` is below ``1e-30`` (tested to ``1e8``).
 
@@ -103,8 +111,14 @@ def gershgorin_bound(L: sp.spmatrix, mass: np.ndarray) -> float:
     mass : (V,) ndarray
         Positive lumped masses.
     """
+    if not sp.issparse(L) or L.shape[0] != L.shape[1]:
+        raise ParameterError(f"L must be a square scipy.sparse matrix, got {type(L).__name__} "
+                             f"of shape {getattr(L, 'shape', None)}")
     A = abs(sp.csr_matrix(L))
     mass = np.asarray(mass, dtype=np.float64)
+    if mass.shape != (L.shape[0],) or not np.all(np.isfinite(mass)) or np.any(mass <= 0):
+        raise ParameterError(f"mass must be ({L.shape[0]},) finite and > 0, got shape "
+                             f"{mass.shape}, min {mass.min() if mass.size else None}")
     rows = np.asarray(A.sum(axis=1)).ravel() / mass
     s = 1.0 / np.sqrt(mass)
     sym = np.asarray(A @ s).ravel() * s
@@ -127,7 +141,8 @@ def chebyshev_coefficients(w: np.ndarray, degree: int) -> tuple[np.ndarray, np.n
     tail : (degree + 1, C) ndarray
         ``tail[k] = sum_{j > k} |c_j|``, summed from the far end (no cancellation).
     """
-    w = np.asarray(w, dtype=np.float64).reshape(-1)
+    w = _check_w(w)
+    degree = validate_int(degree, "degree", minimum=0)
     uniq, inv = np.unique(w, return_inverse=True)
     n = max(degree + 1, max((_n_terms(float(v)) for v in uniq), default=1))
     k = np.arange(n, dtype=np.float64)[:, None]
@@ -167,7 +182,8 @@ def chebyshev_degree(w: np.ndarray, rel: np.ndarray | float, *, max_degree: int,
     eps : float
         Unit roundoff of the working precision (the floor ``ROUNDING m eps``).
     """
-    w = np.asarray(w, dtype=np.float64).reshape(-1)
+    w = _check_w(w)
+    max_degree = validate_int(max_degree, "max_degree", minimum=0)
     m = _first_degree(_all_coefficients(w, max_degree)[1], rel, eps)
     return max_degree + 1 if m is None else m
 
@@ -201,10 +217,20 @@ def chebyshev_expm(step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], z
     y : (V, C) tensor
     info : ChebyshevInfo
     """
+    if not isinstance(z, torch.Tensor) or z.dim() != 2 or not (z.is_floating_point()
+                                                              or z.is_complex()):
+        raise ParameterError(f"z must be a (V, C) floating or complex tensor, got "
+                             f"{getattr(z, 'shape', type(z).__name__)}")
     C = z.shape[1]
+    if not isinstance(t, torch.Tensor) or t.numel() != C:
+        raise ParameterError(f"t must be a tensor with one time per column ({C}), got "
+                             f"{getattr(t, 'shape', type(t).__name__)}")
+    bound = validate_positive(bound, "bound")
+    tol = validate_positive(tol, "tol")
+    max_degree = validate_int(max_degree, "max_degree", minimum=0)
     real = torch.float32 if z.dtype in (torch.float32, torch.complex64) else torch.float64
     eps = float(torch.finfo(real).eps)
-    w = 0.5 * bound * t.detach().cpu().numpy().astype(np.float64).reshape(C)
+    w = _check_w(0.5 * bound * t.detach().cpu().numpy().astype(np.float64).reshape(C))
     work = torch.empty(z.shape[0], C * (2 if z.is_complex() else 1), dtype=real,
                        device=z.device)
     znorm = column_real_dot(z, z, workspace=work).sqrt_().cpu().numpy().astype(np.float64)

@@ -202,3 +202,30 @@ def test_operator_forms_agree(jittered: mmp.Surface, dtype: torch.dtype) -> None
                     assert yr.dtype == dtype
                     err = np.linalg.norm(yr[:, c].numpy() - ref.real) / np.linalg.norm(ref.real)
                     assert err < rtol, (name, c)
+
+
+def test_public_functions_reject_bad_input(jittered: mmp.Surface) -> None:
+    from manifoldmp.errors import ParameterError
+    L = mmp.connection_laplacian(jittered, 0)
+    m = np.asarray(jittered.vertex_areas)
+    z = torch.ones(len(m), 2, dtype=torch.float64)
+    t = torch.tensor([0.1, 0.2], dtype=torch.float64)
+    step = shifted_step(torch.eye(len(m), dtype=torch.float64).to_sparse_csr())
+    bad = [
+        (lambda: chebyshev_expm(step, z, t, 0.0), "bound"),
+        (lambda: chebyshev_expm(step, z, t, float("nan")), "bound"),
+        (lambda: chebyshev_expm(step, z, t, 1.0, tol=-1.0), "tol"),
+        (lambda: chebyshev_expm(step, z, t, 1.0, max_degree=2.5), "max_degree"),
+        (lambda: chebyshev_expm(step, z, t[:1], 1.0), "one time per column"),
+        (lambda: chebyshev_expm(step, z, -t, 1.0), ">= 0"),
+        (lambda: chebyshev_expm(step, z[:, 0], t, 1.0), "z must be"),
+        (lambda: chebyshev_coefficients(np.array([np.inf]), 3), ">= 0"),
+        (lambda: chebyshev_coefficients(np.array([1.0]), -1), "degree"),
+        (lambda: chebyshev_degree(np.array([-1.0]), 1e-6, max_degree=10), ">= 0"),
+        (lambda: gershgorin_bound(L, m[:-1]), "mass"),
+        (lambda: gershgorin_bound(L, -m), "mass"),
+        (lambda: gershgorin_bound(L.toarray(), m), "scipy.sparse"),
+    ]
+    for call, match in bad:
+        with pytest.raises(ParameterError, match=match):
+            call()
