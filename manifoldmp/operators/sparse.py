@@ -12,29 +12,73 @@ import torch
 from manifoldmp.errors import ParameterError
 from manifoldmp.mesh.validate import validate_choice
 
-__all__ = ["complex_to_real_block", "to_torch_sparse"]
+__all__ = ["all_finite", "column_real_dot", "complex_to_real_block", "to_torch_sparse"]
 
 
 def column_real_dot(a: torch.Tensor, b: torch.Tensor, *,
                     workspace: torch.Tensor | None = None) -> torch.Tensor:
     """``Re sum_i conj(a_ic) b_ic`` per column: ``(C,)`` real.
 
-    Used for heat-flow time gradients, Lanczos coefficients and column norms.
+    Used for heat-flow time gradients, Lanczos coefficients and column norms. On CPU the rows
+    go through in chunks of about 2 MiB: a full-size temporary costs more in page faults than
+    the arithmetic (100k x 64 complex: 7 ms chunked, 13 ms into a reused full workspace, 44 ms
+    into a fresh one).
 
     Parameters
     ----------
     a, b : (V, C) Tensor
         Real or complex, same shape and dtype.
     workspace : (V, C) or (V, 2C) real Tensor, optional
-        Holds the elementwise product (``2C`` columns for complex input) instead of a fresh
-        temporary; in hot loops over large blocks the page faults of a fresh temporary cost
-        more than the arithmetic.
+        On CUDA, holds the elementwise product (``2C`` columns for complex input) instead of a
+        fresh temporary; not used on CPU.
+
+    Returns
+    -------
+    (C,) real Tensor
     """
-    if a.is_complex():   # Re(conj(a) b) = Re a Re b + Im a Im b: a real product, no conjugate
+    cplx = a.is_complex()
+    if cplx:   # Re(conj(a) b) = Re a Re b + Im a Im b: a real product, no conjugate
         a = torch.view_as_real(a.resolve_conj()).reshape(a.shape[0], -1)
         b = torch.view_as_real(b.resolve_conj()).reshape(b.shape[0], -1)
-        return _mul(a, b, workspace).sum(dim=0).view(-1, 2).sum(dim=1)
-    return _mul(a, b, workspace).sum(dim=0)
+    if a.device.type == "cpu":
+        out = _chunked_dot(a, b)
+    else:
+        out = _mul(a, b, workspace).sum(dim=0)
+    return out.view(-1, 2).sum(dim=1) if cplx else out
+
+
+_CHUNK_ELEMENTS = 1 << 18
+
+
+def _chunked_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``sum_i a_ic b_ic`` for real ``(V, K)`` CPU tensors through a cache-sized buffer."""
+    V, K = a.shape
+    rows = max(1, _CHUNK_ELEMENTS // max(K, 1))
+    if V <= rows:
+        return (a * b).sum(dim=0)
+    out = torch.zeros(K, dtype=a.dtype)
+    buf = torch.empty(rows, K, dtype=a.dtype)
+    for i in range(0, V, rows):
+        ai = a[i:i + rows]
+        bi = buf[:ai.shape[0]]
+        torch.mul(ai, b[i:i + rows], out=bi)
+        out += bi.sum(dim=0)
+    return out
+
+
+def all_finite(x: torch.Tensor) -> bool:
+    """``True`` when no entry of ``x`` (real or complex) is NaN or infinite.
+
+    One summation pass: a NaN or an infinity makes the sum non-finite. Only when the sum is
+    not finite (which finite entries near the overflow threshold can also cause) are the
+    entries checked one by one; ``isfinite(x).all()`` on every call costs 20 times more
+    (a boolean temporary of ``x``'s size, 100k x 64 complex: 57 ms against 3 ms).
+    """
+    if x.numel() == 0 or not (x.is_floating_point() or x.is_complex()):
+        return True
+    if bool(torch.isfinite(x.sum())):
+        return True
+    return bool(torch.isfinite(torch.view_as_real(x) if x.is_complex() else x).all())
 
 
 def _mul(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:

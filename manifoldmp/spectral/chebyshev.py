@@ -231,8 +231,8 @@ def chebyshev_expm(step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], z
     real = torch.float32 if z.dtype in (torch.float32, torch.complex64) else torch.float64
     eps = float(torch.finfo(real).eps)
     w = _check_w(0.5 * bound * t.detach().cpu().numpy().astype(np.float64).reshape(C))
-    work = torch.empty(z.shape[0], C * (2 if z.is_complex() else 1), dtype=real,
-                       device=z.device)
+    work = None if z.device.type == "cpu" else torch.empty(   # see column_real_dot
+        z.shape[0], C * (2 if z.is_complex() else 1), dtype=real, device=z.device)
     znorm = column_real_dot(z, z, workspace=work).sqrt_().cpu().numpy().astype(np.float64)
 
     coef, tail = _all_coefficients(w, max_degree)     # computed once per call
@@ -340,22 +340,32 @@ def heat_chebyshev(S: torch.Tensor, bound: float, sqrt_mass: torch.Tensor, x: to
     info : ChebyshevInfo
     """
     V, C = x.shape
-    s = sqrt_mass[:, None].to(x.dtype)
-    z = s * x.detach()
+    real = torch.float32 if S.dtype in (torch.float32, torch.complex64) else torch.float64
+    s = sqrt_mass[:, None].to(device=x.device, dtype=real)
+    x = x.detach()
     real_op = not S.is_complex()
-    if z.is_complex() and real_op and S.shape[0] == 2 * V:
-        zr, tr = torch.cat([z.real, z.imag]), t
-    elif z.is_complex() and real_op:
-        zr, tr = torch.view_as_real(z).reshape(V, 2 * C), t.repeat_interleave(2)
-    elif not z.is_complex() and S.shape[0] == 2 * V:
-        zr, tr = torch.cat([z, torch.zeros_like(z)]), t
+    if x.is_complex() and real_op and S.shape[0] == 2 * V:
+        # [Re z; Im z] written straight into one block (no complex temporary, no cat)
+        zr, tr = torch.empty(2 * V, C, dtype=S.dtype, device=x.device), t
+        torch.mul(x.real, s, out=zr[:V])
+        torch.mul(x.imag, s, out=zr[V:])
+    elif x.is_complex() and real_op:
+        zr, tr = torch.view_as_real(x * s).reshape(V, 2 * C), t.repeat_interleave(2)
+    elif not x.is_complex() and S.shape[0] == 2 * V:
+        zr, tr = torch.zeros(2 * V, C, dtype=S.dtype, device=x.device), t
+        torch.mul(x, s, out=zr[:V])
     else:
-        zr, tr = z, t
-    zr = zr.to(S.dtype)
+        zr, tr = (x * s).to(S.dtype), t
     y, info = chebyshev_expm(shifted_step(S), zr, tr, bound, tol=tol, max_degree=max_degree,
                              first=lambda X: torch.addmm(X, S, X, beta=0, alpha=0.5))
+    if y.shape[0] == 2 * V and x.is_complex():
+        out = torch.empty(V, C, dtype=x.dtype, device=x.device)
+        parts = torch.view_as_real(out)
+        torch.div(y[:V], s, out=parts[..., 0])
+        torch.div(y[V:], s, out=parts[..., 1])
+        return out, info
     if y.shape[0] == 2 * V:
-        y = torch.complex(y[:V], y[V:]) if x.is_complex() else y[:V]
+        y = y[:V]
     elif x.is_complex() and not y.is_complex():
         y = torch.view_as_complex(y.reshape(V, C, 2))
-    return y.to(x.dtype).div_(s), info
+    return y.to(x.dtype).div_(s.to(x.dtype)), info

@@ -49,7 +49,7 @@ import torch
 from manifoldmp.errors import ParameterError
 from manifoldmp.mesh.validate import validate_choice, validate_int, validate_positive
 from manifoldmp.operators.laplacian import _check_domain, connection_laplacian
-from manifoldmp.operators.sparse import column_real_dot, complex_dtype
+from manifoldmp.operators.sparse import all_finite, column_real_dot, complex_dtype
 from manifoldmp.spectral.chebyshev import (
     ChebyshevInfo,
     chebyshev_degree,
@@ -386,7 +386,7 @@ class HeatKernel:
         in_dtype = x.dtype
         target = complex_dtype(self.dtype) if x.is_complex() else self.dtype
         x = x.to(device=self.device, dtype=target)
-        if not bool(torch.isfinite(torch.view_as_real(x) if x.is_complex() else x).all()):
+        if not all_finite(x):
             raise ParameterError("x contains NaN or infinite values")
         return x, squeeze, was_numpy, in_dtype
 

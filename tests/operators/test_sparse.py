@@ -40,10 +40,11 @@ def test_real_block_form(dtype, tol, rng):
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.complex128, torch.float32, torch.complex64])
 @pytest.mark.parametrize("workspace", [False, True])
-def test_column_real_dot_matches_the_formula(dtype, workspace, rng):
+@pytest.mark.parametrize("V", [37, 70001])   # one chunk; several, the last one partial
+def test_column_real_dot_matches_the_formula(dtype, workspace, V, rng):
     from manifoldmp.operators.sparse import column_real_dot
 
-    V, C = 37, 5
+    C = 5
     a = torch.from_numpy(rng.normal(size=(V, C)) + 1j * rng.normal(size=(V, C)))
     b = torch.from_numpy(rng.normal(size=(V, C)) + 1j * rng.normal(size=(V, C)))
     if not dtype.is_complex:
@@ -62,3 +63,29 @@ def test_column_real_dot_matches_the_formula(dtype, workspace, rng):
         assert np.abs(got_c.double().numpy() - want).max() < tol * np.abs(want).max()
         norm = column_real_dot(a, a, workspace=ws).sqrt()
         assert torch.allclose(norm, torch.linalg.vector_norm(a, dim=0), rtol=tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.complex128, torch.float32, torch.complex64])
+def test_all_finite_against_elementwise_check(dtype, rng):
+    from manifoldmp.operators.sparse import all_finite
+
+    big = torch.finfo(torch.float32 if dtype in (torch.float32, torch.complex64)
+                      else torch.float64).max
+    x = torch.from_numpy(rng.normal(size=(50, 3)) + 1j * rng.normal(size=(50, 3)))
+    x = (x if dtype.is_complex else x.real).to(dtype)
+    assert all_finite(x) and all_finite(x[:0])
+    # finite entries whose sum overflows: the slow check must still say finite
+    huge = torch.full((4, 2), big / 2, dtype=dtype)
+    assert not bool(torch.isfinite(huge.sum())) and all_finite(huge)
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        for where in ((0, 0), (49, 2), (17, 1)):
+            y = x.clone()
+            y[where] = bad
+            assert not all_finite(y)
+            if dtype.is_complex:   # a bad imaginary part alone
+                z = x.clone()
+                z[where] = complex(1.0, bad)
+                assert not all_finite(z)
+    y = x.clone()
+    y[0, 0], y[1, 1] = float("inf"), -float("inf")    # inf - inf: the sum is nan
+    assert not all_finite(y)
