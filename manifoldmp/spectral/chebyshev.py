@@ -308,7 +308,9 @@ def stacked_real(S: sp.spmatrix) -> sp.csr_matrix:
     torus, 64 channels: 21 against 30 ms), for the same bytes of dense data.
     """
     S = sp.csr_matrix(S)
-    return sp.bmat([[S.real, -S.imag], [S.imag, S.real]], format="csr")
+    out = sp.bmat([[S.real, -S.imag], [S.imag, S.real]], format="csr")
+    out.eliminate_zeros()   # the imaginary part's structural zeros (its diagonal): 7 % of nnz
+    return out
 
 
 def heat_chebyshev(S: torch.Tensor, bound: float, sqrt_mass: torch.Tensor, x: torch.Tensor,
