@@ -257,6 +257,10 @@ class OperatorBundle:
                 cols = torch.cat([cols, cols + V, cols, cols + V])
                 vals = torch.cat([re, -im, im, re])
                 V2 = 2 * V
+                # the imaginary part's structural zeros (its diagonal): fewer entries per product
+                every = torch.ones_like(re, dtype=torch.bool)
+                keep = torch.cat([every, im != 0, im != 0, every])
+                rows, cols, vals = rows[keep], cols[keep], vals[keep]
             else:
                 vals, V2 = re, V
             S = torch.sparse_coo_tensor(torch.stack([rows, cols]), vals, (V2, V2)).coalesce()

@@ -76,17 +76,29 @@ def test_implicit_order_of_accuracy(sphere3: mmp.Surface, dense_ops: dict) -> No
         assert abs(np.log2(errs[0] / errs[1]) - p) < 0.25, (scheme, errs)
 
 
-@pytest.mark.parametrize("n", [0, 1])
-def test_float32_paths(sphere3: mmp.Surface, dense_ops: dict, n: int) -> None:
+@pytest.mark.parametrize("n", [0, 1, 2])
+def test_float32_paths(sphere3: mmp.Surface, dense_ops: dict, n: int, caplog) -> None:
+    """Every float32 path within 1e-4 of dense expm at t = 1e-4, 1e-2 and 1.
+
+    At t = 1 the output is 1-5 % of the input and float32 Chebyshev alone loses digits
+    (3e-4 to 1.5e-3): its bound says so and the recurrence is redone in float64. The zero
+    eigenvalue's float32 Ritz value (-1.8e-5) must not be reported as indefiniteness.
+    """
     x = _features(sphere3.n_vertices, 2, n)
-    ref = la.expm(-1e-2 * dense_ops[n]) @ x
     xt = torch.from_numpy(x).to(torch.complex64 if n else torch.float32)
-    for method, kw in (("krylov", {"tol": 1e-6}), ("chebyshev", {"tol": 1e-6}),
-                       ("spectral", {})):
-        H = mmp.HeatKernel(sphere3, n, method=method, dtype=torch.float32, **kw)
-        y = H(xt, 1e-2)
-        assert y.dtype == xt.dtype
-        assert np.linalg.norm(y.numpy() - ref) / np.linalg.norm(ref) < 1e-4
+    for t in TIMES:
+        ref = la.expm(-t * dense_ops[n]) @ x
+        for method, kw in (("krylov", {"tol": 1e-6}), ("chebyshev", {"tol": 1e-6}),
+                           ("spectral", {})):
+            H = mmp.HeatKernel(sphere3, n, method=method, dtype=torch.float32, **kw)
+            with caplog.at_level("WARNING"):
+                y = H(xt, t)
+            assert y.dtype == xt.dtype
+            err = np.linalg.norm(y.numpy() - ref) / np.linalg.norm(ref)
+            assert err < 1e-4, (method, t, err)
+            if method == "chebyshev":
+                assert H.last_chebyshev.error_bound <= 1e-5, (t, H.last_chebyshev)
+    assert not [r for r in caplog.records if "indefinite" in r.getMessage()]
 
 
 @pytest.mark.parametrize("method", ["krylov", "chebyshev", "spectral"])
