@@ -321,16 +321,30 @@ def _orthonormalize(W: np.ndarray, Q: np.ndarray | None,
     return W, C, R
 
 
-def count_below(L: Any, mass: np.ndarray, mu: float) -> int | None:
+def count_below(L: Any, mass: np.ndarray, mu: float, *, perm: np.ndarray | None = None
+                ) -> int | None:
     """Number of eigenvalues of ``(L, M)`` below ``mu`` (Sylvester's law of inertia).
 
     Counts the negative pivots of an ``LDL^H``-type factorization of ``L - mu M`` (SuperLU in
     symmetric mode without off-diagonal pivoting, so ``U = D L^H``). Returns ``None`` when the
     factorization had to pivot (the count would not be an inertia).
+
+    Parameters
+    ----------
+    L : (V, V) sparse matrix
+    mass : (V,) ndarray
+    mu : float
+    perm : (V,) int ndarray, optional
+        A fill-reducing ordering of ``L``'s pattern to reuse (default: computed,
+        :func:`fill_reducing_ordering`).
     """
     K = (L - mu * sp.diags(mass)).tocsc()
+    if perm is None:
+        perm = fill_reducing_ordering(K)
+    elif np.shape(perm) != (K.shape[0],):
+        raise ParameterError(f"perm must have shape ({K.shape[0]},), got {np.shape(perm)}")
     try:
-        lu = _symmetric_lu(K, fill_reducing_ordering(K))
+        lu = _symmetric_lu(K, perm)
     except RuntimeError:
         return None
     return _negative_pivots(lu)
@@ -346,7 +360,8 @@ def _negative_pivots(lu: Any) -> int | None:
     return int(np.count_nonzero(d < 0))
 
 
-def _check_count(L: Any, mass: np.ndarray, lam: np.ndarray) -> tuple[bool, str]:
+def _check_count(L: Any, mass: np.ndarray, lam: np.ndarray, perm: np.ndarray | None = None
+                 ) -> tuple[bool, str]:
     """Verify with an inertia count that no eigenvalue below the top cluster was skipped."""
     scale = max(float(np.max(np.abs(lam))), 1e-300)
     gaps = np.flatnonzero(np.diff(lam) > 1e-6 * scale)
@@ -354,7 +369,7 @@ def _check_count(L: Any, mass: np.ndarray, lam: np.ndarray) -> tuple[bool, str]:
         return True, "single cluster, nothing to count"
     j = int(gaps[-1])
     mu = 0.5 * (lam[j] + lam[j + 1])
-    count = count_below(L, mass, mu)
+    count = count_below(L, mass, mu, perm=perm)
     if count is None:
         return True, "inertia unavailable (pivoting factorization)"
     return count == j + 1, f"{count} eigenvalues below {mu:.6g}, {j + 1} found"
@@ -474,12 +489,13 @@ def generalized_eigsh(L: Any, mass: Any, k: int, *, sigma: float | None = None,
 
     b = validate_int(block_size, "block_size", minimum=1) if block_size is not None \
         else min(8, k)
+    perm = fill_reducing_ordering(L)   # one ordering for every factorization of this pattern
     for attempt in range(3):
         res = _block_lanczos(L, mass, k, sigma, tol, b, max_basis, max_restarts,
-                             seed + attempt, is_complex, dtype, t0)
+                             seed + attempt, is_complex, dtype, t0, perm)
         if not verify:
             return res
-        ok, what = _check_count(L, mass, res.eigenvalues)
+        ok, what = _check_count(L, mass, res.eigenvalues, perm)
         if ok:
             log.debug("inertia check passed: %s", what)
             return res
@@ -493,7 +509,8 @@ def generalized_eigsh(L: Any, mass: Any, k: int, *, sigma: float | None = None,
 
 def _block_lanczos(L: sp.csr_matrix, mass: np.ndarray, k: int, sigma: float | None, tol: float,
                    b: int, max_basis: int | None, max_restarts: int, seed: int,
-                   is_complex: bool, dtype: Any, t0: float) -> EigenResult:
+                   is_complex: bool, dtype: Any, t0: float,
+                   perm: np.ndarray | None = None) -> EigenResult:
     V = L.shape[0]
     area = float(mass.sum())
     sigma_auto = sigma is None
@@ -513,7 +530,7 @@ def _block_lanczos(L: sp.csr_matrix, mass: np.ndarray, k: int, sigma: float | No
     Bmat = sp.diags(s) @ L @ sp.diags(s)
     Bmat = sp.csr_matrix(Bmat)
     eye = sp.identity(V, dtype=dtype, format="csr")
-    lu = _factorize((Bmat - sigma * eye).tocsc())
+    lu = _factorize((Bmat - sigma * eye).tocsc(), perm)
     if sigma_auto:
         # Sylvester: negative pivots = eigenvalues below sigma (negative cotan weights make L
         # indefinite). Lower the shift until none is left, so the k smallest are found.

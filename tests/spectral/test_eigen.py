@@ -65,13 +65,17 @@ def test_restarts_and_small_blocks_agree(sphere4: mmp.Surface) -> None:
 
 @pytest.mark.parametrize("n", [0, 1])
 def test_inertia_count_matches_dense(sphere4: mmp.Surface, n: int) -> None:
-    from manifoldmp.spectral.eigen import count_below
+    from manifoldmp.spectral.eigen import count_below, fill_reducing_ordering
 
     L = mmp.connection_laplacian(sphere4, n)
     m = sphere4.vertex_areas
     lam = generalized_eigsh(L, m, 40).eigenvalues
+    perm = fill_reducing_ordering(L)   # one ordering reused for every shift of the pattern
     for mu in (0.5, 3.0, 8.0, 15.0, 25.0):
         assert count_below(L, m, mu) == int(np.sum(lam < mu))
+        assert count_below(L, m, mu, perm=perm) == int(np.sum(lam < mu))
+    with pytest.raises(mmp.ParameterError, match="perm must have shape"):
+        count_below(L, m, 1.0, perm=perm[:-1])
 
 
 def test_deterministic(sphere4: mmp.Surface) -> None:
