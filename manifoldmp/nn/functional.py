@@ -28,7 +28,7 @@ import torch
 from manifoldmp.errors import ManifoldmpError, ParameterError
 from manifoldmp.operators.bundle import OperatorBundle
 from manifoldmp.operators.sparse import column_real_dot
-from manifoldmp.spectral.chebyshev import FLOAT32_ACCURACY, heat_chebyshev
+from manifoldmp.spectral.chebyshev import heat_chebyshev
 from manifoldmp.spectral.krylov import heat_lanczos
 
 __all__ = ["HEAT_METHODS", "heat_flow"]
@@ -162,16 +162,10 @@ def _krylov_raw(ops: OperatorBundle, n: int, x: torch.Tensor, t: torch.Tensor, t
     if key not in ops._cache:
         ops._cache[key] = ops.mass.sqrt()
     if method == "chebyshev":
-        y, info = heat_chebyshev(ops.shifted_laplacian(n, x.dtype), ops.spectral_bound(n),
-                                 ops._cache[key], x, t, tol=tol)
-        if x.dtype in (torch.float32, torch.complex64) \
-                and info.error_bound > max(tol, FLOAT32_ACCURACY):
-            # float32 rounding relative to a small output (long times): float64 recurrence
-            wide = torch.complex128 if x.is_complex() else torch.float64
-            y64, _ = heat_chebyshev(ops.shifted_laplacian(n, wide), ops.spectral_bound(n),
-                                    ops._cache[key].double(), x.to(wide), t.double(),
-                                    tol=max(tol, FLOAT32_ACCURACY))
-            y = y64.to(x.dtype)
+        y, _ = heat_chebyshev(ops.shifted_laplacian(n, x.dtype), ops.spectral_bound(n),
+                              ops._cache[key], x, t, tol=tol, wide=lambda: (
+                                  ops.shifted_laplacian(n, torch.float64),
+                                  ops._cache[key].double()))
         return y
     y, _ = heat_lanczos(ops.symmetric_laplacian(n, x.dtype), ops._cache[key], x, t, tol=tol)
     return y

@@ -60,11 +60,12 @@ log = logging.getLogger(__name__)
 ROUNDING = 4.0
 
 #: A float32 flow whose stated bound exceeds ``max(tol, FLOAT32_ACCURACY)`` is recomputed with
-#: a float64 recurrence by :class:`~manifoldmp.HeatKernel` and the layers (returned in
-#: float32). The rounding is relative to the input and grows with the degree, so where the
-#: output is much smaller than the input (long times) float32 alone loses digits:
-#: icosphere(3), t = 1, output 1-5 % of the input: 3e-4 to 1.5e-3 relative error in float32,
-#: 7e-7 to 4e-6 with the float64 recurrence.
+#: a float64 recurrence (:func:`heat_chebyshev`'s ``wide``, used by
+#: :class:`~manifoldmp.HeatKernel` and the layers; returned in float32). The rounding is
+#: relative to the input and grows with the degree, so where the output is much smaller than
+#: the input (long times) float32 alone loses digits: icosphere(3), t = 1, output 1-5 % of
+#: the input: 3e-4 to 1.5e-3 relative error in float32, 7e-7 to 4e-6 with the float64
+#: recurrence.
 FLOAT32_ACCURACY = 1e-5
 
 
@@ -322,7 +323,8 @@ def stacked_real(S: sp.spmatrix) -> sp.csr_matrix:
 
 
 def heat_chebyshev(S: torch.Tensor, bound: float, sqrt_mass: torch.Tensor, x: torch.Tensor,
-                   t: torch.Tensor, *, tol: float, max_degree: int = 20000
+                   t: torch.Tensor, *, tol: float, max_degree: int = 20000,
+                   wide: Callable[[], tuple[torch.Tensor, torch.Tensor]] | None = None
                    ) -> tuple[torch.Tensor, ChebyshevInfo]:
     """``exp(-t M^-1 L) x = M^-1/2 exp(-t B) M^1/2 x`` by :func:`chebyshev_expm`, no autograd.
 
@@ -343,12 +345,35 @@ def heat_chebyshev(S: torch.Tensor, bound: float, sqrt_mass: torch.Tensor, x: to
     tol : float
         Relative tolerance on the output.
     max_degree : int
+    wide : callable, optional
+        ``() -> (S, sqrt_mass)`` in float64. When ``S`` is float32 and the stated bound exceeds
+        ``max(tol, FLOAT32_ACCURACY)``, the flow is redone with these and returned in ``x``'s
+        dtype (the info is the float64 run's).
 
     Returns
     -------
     y : (V, C) Tensor
     info : ChebyshevInfo
     """
+    y, info = _heat_chebyshev(S, bound, sqrt_mass, x, t, tol=tol, max_degree=max_degree)
+    target = max(tol, FLOAT32_ACCURACY)
+    if wide is None or S.dtype not in (torch.float32, torch.complex64) \
+            or info.error_bound <= target:
+        return y, info
+    # the float32 rounding floor, relative to a small output (long times): float64 recurrence
+    S64, s64 = wide()
+    x64 = x.detach().to(torch.complex128 if x.is_complex() else torch.float64)
+    y64, info = _heat_chebyshev(S64, bound, s64, x64, t.double(), tol=target,
+                                max_degree=max_degree)
+    log.debug("chebyshev: float32 bound above %.1e; recomputed in float64 (bound %.1e)",
+              target, info.error_bound)
+    return y64.to(x.dtype), info
+
+
+def _heat_chebyshev(S: torch.Tensor, bound: float, sqrt_mass: torch.Tensor, x: torch.Tensor,
+                    t: torch.Tensor, *, tol: float, max_degree: int
+                    ) -> tuple[torch.Tensor, ChebyshevInfo]:
+    """:func:`heat_chebyshev` in the precision of ``S``."""
     V, C = x.shape
     real = torch.float32 if S.dtype in (torch.float32, torch.complex64) else torch.float64
     s = sqrt_mass[:, None].to(device=x.device, dtype=real)

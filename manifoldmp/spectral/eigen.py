@@ -341,8 +341,12 @@ def count_below(L: Any, mass: np.ndarray, mu: float, *, perm: np.ndarray | None 
     K = (L - mu * sp.diags(mass)).tocsc()
     if perm is None:
         perm = fill_reducing_ordering(K)
-    elif np.shape(perm) != (K.shape[0],):
-        raise ParameterError(f"perm must have shape ({K.shape[0]},), got {np.shape(perm)}")
+    else:
+        perm = np.asarray(perm)
+        if perm.shape != (K.shape[0],) or perm.dtype.kind not in "iu" \
+                or not np.array_equal(np.sort(perm), np.arange(K.shape[0])):
+            raise ParameterError(f"perm must be a permutation of 0..{K.shape[0] - 1}, got "
+                                 f"shape {perm.shape}, dtype {perm.dtype}")
     try:
         lu = _symmetric_lu(K, perm)
     except RuntimeError:

@@ -51,7 +51,6 @@ from manifoldmp.mesh.validate import validate_choice, validate_int, validate_pos
 from manifoldmp.operators.laplacian import _check_domain, connection_laplacian
 from manifoldmp.operators.sparse import all_finite, column_real_dot, complex_dtype
 from manifoldmp.spectral.chebyshev import (
-    FLOAT32_ACCURACY,
     ChebyshevInfo,
     chebyshev_degree,
     gershgorin_bound,
@@ -462,18 +461,11 @@ class HeatKernel:
             return y
         if method == "chebyshev":
             s = torch.as_tensor(np.sqrt(self.mass), dtype=self.dtype, device=x.device)
-            y, cinfo = heat_chebyshev(self._shifted(x.device, x.dtype), self.spectral_bound(),
-                                      s, x, t, tol=self.tol, max_degree=CHEBYSHEV_MAX_DEGREE)
-            if s.dtype == torch.float32 and cinfo.error_bound > max(self.tol, FLOAT32_ACCURACY):
-                # the float32 rounding floor, relative to a small output: float64 recurrence
-                wide = torch.complex128 if x.is_complex() else torch.float64
-                y64, cinfo = heat_chebyshev(
-                    self._shifted(x.device, wide), self.spectral_bound(), s.double(),
-                    x.to(wide), t.double(), tol=max(self.tol, FLOAT32_ACCURACY),
-                    max_degree=CHEBYSHEV_MAX_DEGREE)
-                log.debug("chebyshev: float32 bound above %.1e; recomputed in float64 "
-                          "(bound %.1e)", max(self.tol, FLOAT32_ACCURACY), cinfo.error_bound)
-                y = y64.to(x.dtype)
+            y, cinfo = heat_chebyshev(
+                self._shifted(x.device, x.dtype), self.spectral_bound(), s, x, t, tol=self.tol,
+                max_degree=CHEBYSHEV_MAX_DEGREE, wide=lambda: (
+                    self._shifted(x.device, torch.float64),
+                    torch.as_tensor(np.sqrt(self.mass), dtype=torch.float64, device=x.device)))
             self.last_chebyshev = cinfo
             return y
         return self._implicit(x, t)

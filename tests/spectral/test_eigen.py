@@ -74,8 +74,9 @@ def test_inertia_count_matches_dense(sphere4: mmp.Surface, n: int) -> None:
     for mu in (0.5, 3.0, 8.0, 15.0, 25.0):
         assert count_below(L, m, mu) == int(np.sum(lam < mu))
         assert count_below(L, m, mu, perm=perm) == int(np.sum(lam < mu))
-    with pytest.raises(mmp.ParameterError, match="perm must have shape"):
-        count_below(L, m, 1.0, perm=perm[:-1])
+    for bad in (perm[:-1], np.zeros_like(perm), perm.astype(float)):
+        with pytest.raises(mmp.ParameterError, match="perm must be a permutation"):
+            count_below(L, m, 1.0, perm=bad)
 
 
 def test_deterministic(sphere4: mmp.Surface) -> None:
