@@ -41,6 +41,44 @@ def _cot_opposite(o: float, a: float, b: float) -> float:
     return (a * a + b * b - o * o) / (4.0 * area)
 
 
+def _cot_opposite_array(o: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """:func:`_cot_opposite` for arrays, the same operations in the same order (same bits)."""
+    s = 0.5 * (o + a + b)
+    area2 = s * (s - o) * (s - a) * (s - b)
+    area = np.sqrt(np.where(area2 > 0, area2, 0.0))
+    num = a * a + b * b - o * o
+    with np.errstate(divide="ignore", invalid="ignore"):
+        val = num / (4.0 * area)
+    return np.where(area == 0.0, np.where(num < 0, -np.inf, np.inf), val)
+
+
+def _non_delaunay(lengths: np.ndarray, twin: np.ndarray) -> np.ndarray:
+    """Interior halfedges ``h < twin[h]`` whose edge fails the Delaunay test, all at once.
+
+    Parameters
+    ----------
+    lengths : (3F,) ndarray
+        Halfedge lengths, face after face.
+    twin : (3F,) int ndarray
+        Opposite halfedge, ``-1`` on the boundary.
+
+    Returns
+    -------
+    (E',) int ndarray
+        Ascending halfedge indices, with the test of the flip loop (``cot h + cot g`` below
+        ``-1e-12 (1 + |cot h| + |cot g|)``, NaN included).
+    """
+    h = np.arange(lengths.size)
+    nxt = h - h % 3 + (h + 1) % 3
+    prv = h - h % 3 + (h + 2) % 3
+    cot = _cot_opposite_array(lengths, lengths[nxt], lengths[prv])
+    inner = np.flatnonzero(twin > h)
+    ch, cg = cot[inner], cot[twin[inner]]
+    with np.errstate(invalid="ignore"):
+        ok = ch + cg >= -1e-12 * (1.0 + np.abs(ch) + np.abs(cg))
+    return inner[~ok]
+
+
 def intrinsic_delaunay(surface: Any, *, max_flips: int | None = None) -> Surface:
     """The intrinsic Delaunay triangulation of ``surface`` (same vertices, same metric).
 
@@ -110,18 +148,29 @@ def intrinsic_delaunay(surface: Any, *, max_flips: int | None = None) -> Surface
     n_edges = int(np.count_nonzero(np.asarray(surface.twin) < 0)) + (3 * F) // 2
     limit = 50 * n_edges if max_flips is None else validate_int(max_flips, "max_flips",
                                                                  minimum=0)
-    edges = {(min(faces[h], faces[_nxt(h)]), max(faces[h], faces[_nxt(h)])) for h in range(3 * F)}
+    # edges as keys min * V + max (a set of tuples costs ten times more to build)
+    nv = int(surface.n_vertices)
+    fa = np.asarray(surface.faces, dtype=np.int64)
+    ea, eb = fa.ravel(), np.roll(fa, -1, axis=1).ravel()
+    edges = set((np.minimum(ea, eb) * nv + np.maximum(ea, eb)).tolist())
 
     def cot(h: int) -> float:
-        return _cot_opposite(lengths[h], lengths[_nxt(h)], lengths[_prv(h)])
+        b = h - h % 3
+        return _cot_opposite(lengths[h], lengths[b + (h + 1) % 3], lengths[b + (h + 2) % 3])
 
     def delaunay(h: int) -> bool:
         g = twin[h]
-        return g < 0 or cot(h) + cot(g) >= -1e-12 * (1.0 + abs(cot(h)) + abs(cot(g)))
+        if g < 0:
+            return True
+        ch, cg = cot(h), cot(g)
+        return ch + cg >= -1e-12 * (1.0 + abs(ch) + abs(cg))
 
-    queue = deque(h for h in range(3 * F) if twin[h] > h)
+    # only the edges that fail the test start in the queue; the others enter it when a flip
+    # changes one of their triangles (the test is the same, vectorized: bit for bit)
+    start = _non_delaunay(np.asarray(lengths), np.asarray(twin)).tolist()
+    queue = deque(start)
     queued = [False] * (3 * F)
-    for h in queue:
+    for h in start:
         queued[h] = True
     flips = 0
     blocked: list[int] = []  # flips that would duplicate an edge; retried once that edge moved
@@ -143,7 +192,7 @@ def intrinsic_delaunay(surface: Any, *, max_flips: int | None = None) -> Surface
         # face of h: (i, j, k) with h = i -> j; face of g: (j, i, l) with g = j -> i
         hn, hp, gn, gp = _nxt(h), _prv(h), _nxt(g), _prv(g)
         i, j, k, ll = faces[h], faces[hn], faces[hp], faces[gp]
-        key = (min(k, ll), max(k, ll))
+        key = min(k, ll) * nv + max(k, ll)
         if k == ll or key in edges:
             blocked.append(h)
             continue
@@ -179,7 +228,7 @@ def intrinsic_delaunay(surface: Any, *, max_flips: int | None = None) -> Surface
             if b >= 0:
                 twin[b] = a
         twin[fh + 2], twin[fg + 2] = fg + 2, fh + 2
-        edges.discard((min(i, j), max(i, j)))
+        edges.discard(min(i, j) * nv + max(i, j))
         edges.add(key)
         flips += 1
         for a, _ in new_twins:
@@ -187,7 +236,7 @@ def intrinsic_delaunay(surface: Any, *, max_flips: int | None = None) -> Surface
             if not queued[e]:
                 queued[e] = True
                 queue.append(e)
-    left = sum(1 for h in range(3 * F) if twin[h] > h and not delaunay(h))
+    left = int(_non_delaunay(np.asarray(lengths), np.asarray(twin)).size)
     if flips >= limit and queue:
         log.warning("intrinsic_delaunay: stopped at max_flips=%d with %d edges queued", limit,
                     len(queue))

@@ -119,3 +119,36 @@ def test_result_is_in_the_input_gauge() -> None:
 
 def test_result_is_in_the_input_gauge_on_a_raw_scan() -> None:
     _signposts_hold(mmp.Surface.load(shared_mesh("face_rangescan.ply")))  # boundary, 17 parts
+
+
+def test_vectorized_delaunay_test_matches_the_scalar_one() -> None:
+    """The flip loop's start queue and final count come from a vectorized test: same bits."""
+    from manifoldmp.geometry.delaunay import _cot_opposite, _cot_opposite_array, _non_delaunay
+
+    S = _jittered_sphere(2, jitter=0.08)
+    lengths = np.asarray(S.halfedge_lengths, dtype=np.float64).ravel().copy()
+    twin = np.asarray(S.twin, dtype=np.int64).copy()
+    # degenerate triangles: a flat one (area 0, cot = +-inf) and a zero-length edge (NaN sums)
+    lengths[0:3] = [2.0, 1.0, 1.0]
+    lengths[3:6] = [0.0, 1.0, 1.0]
+    twin[7] = -1  # a boundary halfedge is never tested
+
+    def scalar(h: int) -> float:
+        b = h - h % 3
+        return _cot_opposite(lengths[h], lengths[b + (h + 1) % 3], lengths[b + (h + 2) % 3])
+
+    want = []
+    for h in range(lengths.size):
+        g = twin[h]
+        if g > h:
+            ch, cg = scalar(h), scalar(g)
+            if not ch + cg >= -1e-12 * (1.0 + abs(ch) + abs(cg)):
+                want.append(h)
+    got = _non_delaunay(lengths, twin)
+    assert len(want) > 50
+    np.testing.assert_array_equal(got, want)
+    h = np.arange(lengths.size)
+    cot = _cot_opposite_array(lengths, lengths[h - h % 3 + (h + 1) % 3],
+                              lengths[h - h % 3 + (h + 2) % 3])
+    np.testing.assert_array_equal(cot, [scalar(i) for i in range(lengths.size)])
+    assert np.isinf(cot[0:3]).any()
