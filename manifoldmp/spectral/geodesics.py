@@ -29,6 +29,7 @@ from manifoldmp.errors import ParameterError
 from manifoldmp.mesh.validate import validate_positive
 from manifoldmp.operators.gradient import gradient_matrix
 from manifoldmp.operators.laplacian import _check_domain, connection_laplacian
+from manifoldmp.spectral.eigen import fill_reducing_ordering
 from manifoldmp.spectral.implicit import factorize_shifted
 
 __all__ = [
@@ -106,6 +107,7 @@ class GeodesicSolver:
         self._heat: dict[int, Any] = {}
         self._poisson: tuple[Any, np.ndarray, np.ndarray] | None = None
         self._G: sp.csr_matrix | None = None
+        self._ordering: np.ndarray | None = None
 
     @property
     def n_vertices(self) -> int:
@@ -132,12 +134,18 @@ class GeodesicSolver:
             self._L0 = connection_laplacian(self.domain, 0)
         return self._L0
 
+    def _perm(self) -> np.ndarray | None:
+        """One fill-reducing ordering for every factorization (all ``L_n`` share one pattern)."""
+        if self._ordering is None:
+            self._ordering = fill_reducing_ordering(self._laplacian0())
+        return self._ordering
+
     def _heat_solve(self, n: int, rhs: np.ndarray) -> np.ndarray:
         """``(M + t L_n)^-1 rhs``."""
         lu = self._heat.get(n)
         if lu is None:
             L = self._laplacian0() if n == 0 else connection_laplacian(self.domain, n)
-            lu = factorize_shifted(L, self.mass, self.t)
+            lu = factorize_shifted(L, self.mass, self.t, perm=self._perm())
             self._heat[n] = lu
         return np.asarray(lu.solve(np.asfortranarray(rhs)))
 
@@ -150,7 +158,13 @@ class GeodesicSolver:
             if self.poisson_shift == 0:
                 keep[np.unique(labels, return_index=True)[1]] = False
             idx = np.flatnonzero(keep)
-            lu = factorize_shifted(L[idx][:, idx], np.full(idx.size, self.poisson_shift), 1.0)
+            perm = self._perm()
+            if perm is not None:  # the same ordering, pinned vertices left out
+                rank = np.full(self.n_vertices, -1, dtype=np.int64)
+                rank[idx] = np.arange(idx.size)
+                perm = rank[perm[keep[perm]]]
+            lu = factorize_shifted(L[idx][:, idx], np.full(idx.size, self.poisson_shift), 1.0,
+                                   perm=perm)
             self._poisson = (lu, idx, labels)
         lu, idx, _ = self._poisson
         phi = np.zeros(self.n_vertices)

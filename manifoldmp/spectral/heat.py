@@ -57,7 +57,12 @@ from manifoldmp.spectral.chebyshev import (
     heat_chebyshev,
     stacked_real,
 )
-from manifoldmp.spectral.eigen import DENSE_LIMIT, EigenResult, generalized_eigsh
+from manifoldmp.spectral.eigen import (
+    DENSE_LIMIT,
+    EigenResult,
+    fill_reducing_ordering,
+    generalized_eigsh,
+)
 from manifoldmp.spectral.implicit import SCHEMES, error_bound, factorize_shifted, sdirk_steps
 from manifoldmp.spectral.krylov import KrylovInfo, csr_product, heat_lanczos
 
@@ -145,6 +150,7 @@ class HeatKernel:
         self._torch_B: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
         self._torch_S: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
         self._factors: dict[float, Any] = {}
+        self._ordering: np.ndarray | None = None
         self.last_method: str | None = None
         self.last_krylov: KrylovInfo | None = None
         self.last_chebyshev: ChebyshevInfo | None = None
@@ -473,7 +479,9 @@ class HeatKernel:
     def _factor(self, coef: float) -> Any:
         lu = self._factors.get(coef)
         if lu is None:
-            lu = factorize_shifted(self.laplacian, self.mass, coef)
+            if self._ordering is None:  # one ordering for every factorization (same pattern)
+                self._ordering = fill_reducing_ordering(self.laplacian)
+            lu = factorize_shifted(self.laplacian, self.mass, coef, perm=self._ordering)
             self._factors[coef] = lu
         return lu
 
