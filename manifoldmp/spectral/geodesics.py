@@ -108,6 +108,7 @@ class GeodesicSolver:
         self._poisson: tuple[Any, np.ndarray, np.ndarray] | None = None
         self._G: sp.csr_matrix | None = None
         self._ordering: np.ndarray | None = None
+        self._face_ops: tuple[sp.csr_matrix, sp.csr_matrix] | None = None
 
     @property
     def n_vertices(self) -> int:
@@ -208,37 +209,55 @@ class GeodesicSolver:
             out[comp] = phi[comp] - np.mean(phi[here])
         return out
 
+    def _face_operators(self) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+        """``(Gf, Df)``: per-face gradient directions and the cotan divergence, as matrices.
+
+        Each face is laid out flat (corner a at the origin, b on the x axis). ``Gf : (2F, V)``
+        maps ``u`` to ``2 A grad u`` per face (x and y interleaved; the positive factor does
+        not change the direction), ``Df : (V, 2F)`` maps a unit field per face to its
+        integrated cotan divergence, ``sum`` over the faces at a vertex of
+        ``1/2 (cot_2 <e_1, X> + cot_1 <e_2, X>)``. Built once, so a query costs two sparse
+        products instead of per-face array arithmetic (164k vertices: 10 against 108 ms).
+        """
+        if self._face_ops is None:
+            S = self.domain
+            F = np.asarray(S.faces)
+            nf = F.shape[0]
+            hl = np.asarray(S.halfedge_lengths)
+            lab, lca = hl[:, 0], hl[:, 2]
+            theta_a = np.asarray(S.corner_angles)[:, 0]
+            cot = np.asarray(S.corner_cotans)  # (F, 3)
+            P = (np.zeros((nf, 2)), np.stack([lab, np.zeros_like(lab)], axis=1),
+                 np.stack([lca * np.cos(theta_a), lca * np.sin(theta_a)], axis=1))
+            rows_x, rows_y = 2 * np.arange(nf), 2 * np.arange(nf) + 1
+            g_r, g_c, g_v, d_r, d_c, d_v = [], [], [], [], [], []
+            for c in range(3):
+                c1, c2 = (c + 1) % 3, (c + 2) % 3
+                opp = P[c2] - P[c1]                   # the edge opposite corner c, rotated +90
+                g_r += [rows_x, rows_y]
+                g_c += [F[:, c], F[:, c]]
+                g_v += [-opp[:, 1], opp[:, 0]]
+                A = 0.5 * (cot[:, c2, None] * (P[c1] - P[c]) + cot[:, c1, None] * (P[c2] - P[c]))
+                d_r += [F[:, c], F[:, c]]
+                d_c += [rows_x, rows_y]
+                d_v += [A[:, 0], A[:, 1]]
+            V = self.n_vertices
+            Gf = sp.csr_matrix((np.concatenate(g_v), (np.concatenate(g_r), np.concatenate(g_c))),
+                               shape=(2 * nf, V))
+            Df = sp.csr_matrix((np.concatenate(d_v), (np.concatenate(d_r), np.concatenate(d_c))),
+                               shape=(V, 2 * nf))
+            self._face_ops = (Gf, Df)
+        return self._face_ops
+
     def _face_divergence_of_normalized_gradient(self, u: np.ndarray) -> np.ndarray:
         """Cotan divergence of ``-grad u / |grad u|`` computed per face (flat face layouts)."""
-        S = self.domain
-        F = np.asarray(S.faces)
-        hl = np.asarray(S.halfedge_lengths)
-        lab, lca = hl[:, 0], hl[:, 2]
-        theta_a = np.asarray(S.corner_angles)[:, 0]
-        cot = np.asarray(S.corner_cotans)  # (F, 3)
-        pa = np.zeros((F.shape[0], 2))
-        pb = np.stack([lab, np.zeros_like(lab)], axis=1)
-        pc = np.stack([lca * np.cos(theta_a), lca * np.sin(theta_a)], axis=1)
-        P = (pa, pb, pc)
-        ua, ub, uc = u[F[:, 0]], u[F[:, 1]], u[F[:, 2]]
-
-        def rot(e: np.ndarray) -> np.ndarray:  # +90 degrees
-            return np.stack([-e[:, 1], e[:, 0]], axis=1)
-
-        grad = (ua[:, None] * rot(pc - pb) + ub[:, None] * rot(pa - pc)
-                + uc[:, None] * rot(pb - pa))  # proportional to grad u (factor 1 / 2A)
+        Gf, Df = self._face_operators()
+        grad = (Gf @ u).reshape(-1, 2)
         # hypot, not sqrt(x^2 + y^2): far from the source u is ~1e-160 and the squares underflow
         # to zero, which made |X| ~ 1e138 instead of 1 (raw range scans)
         norm = np.hypot(grad[:, 0], grad[:, 1])[:, None]
         X = -grad / _safe(norm)
-        div = np.zeros(self.n_vertices)
-        for c in range(3):
-            c1, c2 = (c + 1) % 3, (c + 2) % 3
-            e1 = P[c1] - P[c]   # opposite angle at corner c2
-            e2 = P[c2] - P[c]   # opposite angle at corner c1
-            val = 0.5 * (cot[:, c2] * np.sum(e1 * X, axis=1) + cot[:, c1] * np.sum(e2 * X, axis=1))
-            np.add.at(div, F[:, c], val)
-        return div
+        return Df @ X.ravel()
 
     def transport(self, source: int, vector: complex) -> np.ndarray:
         """Parallel transport of a tangent vector from ``source`` to every vertex.

@@ -41,6 +41,34 @@ def test_heat_method_matches_potpourri3d(which: str, request: pytest.FixtureRequ
         np.testing.assert_allclose(ours.distance(src), want, atol=1e-6 * want.max())
 
 
+def test_face_divergence_operators_match_the_per_face_formula() -> None:
+    """The heat method's gradient and divergence as two cached sparse matrices (the fast path)
+    against the formula evaluated face by face in the 3D embedding."""
+    S = mmp.meshes.icosphere(3)
+    rng = np.random.default_rng(0)
+    V = np.asarray(S.vertices) + 0.03 * rng.standard_normal((S.n_vertices, 3))
+    S = mmp.Surface(V, np.asarray(S.faces))
+    F = np.asarray(S.faces)
+    u = np.exp(-3.0 * rng.random(S.n_vertices))
+    want = np.zeros(S.n_vertices)
+    for f in range(F.shape[0]):
+        p = V[F[f]]
+        n = np.cross(p[1] - p[0], p[2] - p[0])
+        area2 = np.linalg.norm(n)
+        n /= area2
+        g = sum(u[F[f, c]] * np.cross(n, p[(c + 2) % 3] - p[(c + 1) % 3]) for c in range(3))
+        X = -g / np.linalg.norm(g)
+        for c in range(3):
+            c1, c2 = (c + 1) % 3, (c + 2) % 3
+            e1, e2 = p[c1] - p[c], p[c2] - p[c]
+            cot = lambda a, b: np.dot(a, b) / np.linalg.norm(np.cross(a, b))  # noqa: E731
+            cot1 = cot(p[c] - p[c1], p[c2] - p[c1])   # angle at corner c1
+            cot2 = cot(p[c] - p[c2], p[c1] - p[c2])   # angle at corner c2
+            want[F[f, c]] += 0.5 * (cot2 * np.dot(e1, X) + cot1 * np.dot(e2, X))
+    got = GeodesicSolver(S)._face_divergence_of_normalized_gradient(u)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-12 * np.abs(want).max())
+
+
 def test_heat_method_distance_on_sphere_and_exact_poisson() -> None:
     S = mmp.meshes.icosphere(5)
     d = GeodesicSolver(S).distance(0)
