@@ -78,9 +78,16 @@ def vector_case(rows: list, name: str, V: np.ndarray, F: np.ndarray) -> None:
     row(rows, f"{name}: transport, build + first query", t_ours, t_pp)
     row(rows, f"{name}: transport, one more query", best(lambda: G.transport(17, 1.0 + 0.5j)),
         best(lambda: P.transport_tangent_vector(17, [1.0, 0.5])))
-    t_ours = best(lambda: G.log_map(17), 2)
-    t_pp = best(lambda: P.compute_log_map(17), 1)
-    row(rows, f"{name}: log map (solver built)", t_ours, t_pp)
+    log_maps(rows, name, lambda s: G.log_map(s), lambda s: P.compute_log_map(s))
+
+
+def log_maps(rows: list, name: str, ours, theirs) -> None:
+    """First call (potpourri3d factors an extra system there), then the best of three more."""
+    row(rows, f"{name}: log map, first call", timed(lambda: ours(17))[0],
+        timed(lambda: theirs(17))[0])
+    row(rows, f"{name}: log map, one more call",
+        min(best(lambda s=s: ours(s), 1) for s in (18, 19, 20)),
+        min(best(lambda s=s: theirs(s), 1) for s in (18, 19, 20)))
 
 
 def cloud_case(rows: list, name: str, P: np.ndarray) -> None:
@@ -96,8 +103,7 @@ def cloud_case(rows: list, name: str, P: np.ndarray) -> None:
         best(lambda: H.compute_distance(17)))
     row(rows, f"{name}: transport, one more query", best(lambda: G.transport(17, 1.0 + 0.5j)),
         best(lambda: H.transport_tangent_vector(17, [1.0, 0.5])))
-    row(rows, f"{name}: log map", best(lambda: G.log_map(17), 2),
-        best(lambda: H.compute_log_map(17), 1))
+    log_maps(rows, name, lambda s: G.log_map(s), lambda s: H.compute_log_map(s))
 
 
 def main() -> None:
