@@ -44,7 +44,8 @@ import scipy.sparse.linalg as sla
 from manifoldmp.errors import ManifoldmpError, ParameterError
 from manifoldmp.mesh.validate import validate_int, validate_positive
 
-__all__ = ["EigenResult", "EigenSolverError", "count_below", "generalized_eigsh", "residuals"]
+__all__ = ["EigenResult", "EigenSolverError", "check_permutation", "count_below",
+           "generalized_eigsh", "residuals"]
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +163,29 @@ def fill_reducing_ordering(A: sp.spmatrix) -> np.ndarray | None:
                                adjacent=G.indices.astype(np.int32))
     perm, _ = pymetis.nested_dissection(adj)
     return np.asarray(perm, dtype=np.int64)
+
+
+def check_permutation(perm: Any, n: int) -> np.ndarray:
+    """``perm`` as an int64 array, or :class:`ParameterError` if it is not a permutation.
+
+    A fill-reducing ordering passed in from outside must be checked: an index array with a
+    repeat would factor a different matrix and give silently wrong solves or inertia.
+
+    Parameters
+    ----------
+    perm : (n,) array_like of int
+    n : int
+
+    Returns
+    -------
+    (n,) ndarray of int64
+    """
+    perm = np.asarray(perm)
+    if perm.shape != (n,) or perm.dtype.kind not in "iu" \
+            or not np.array_equal(np.sort(perm), np.arange(n)):
+        raise ParameterError(f"perm must be a permutation of 0..{n - 1}, got shape "
+                             f"{perm.shape}, dtype {perm.dtype}")
+    return perm.astype(np.int64, copy=False)
 
 
 class SparseFactor:
@@ -339,14 +363,7 @@ def count_below(L: Any, mass: np.ndarray, mu: float, *, perm: np.ndarray | None 
         :func:`fill_reducing_ordering`).
     """
     K = (L - mu * sp.diags(mass)).tocsc()
-    if perm is None:
-        perm = fill_reducing_ordering(K)
-    else:
-        perm = np.asarray(perm)
-        if perm.shape != (K.shape[0],) or perm.dtype.kind not in "iu" \
-                or not np.array_equal(np.sort(perm), np.arange(K.shape[0])):
-            raise ParameterError(f"perm must be a permutation of 0..{K.shape[0] - 1}, got "
-                                 f"shape {perm.shape}, dtype {perm.dtype}")
+    perm = fill_reducing_ordering(K) if perm is None else check_permutation(perm, K.shape[0])
     try:
         lu = _symmetric_lu(K, perm)
     except RuntimeError:

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from manifoldmp.spectral.eigen import _factorize
+from manifoldmp.spectral.eigen import _factorize, check_permutation
 
 __all__ = ["SCHEMES", "error_bound", "factorize_shifted", "sdirk_steps", "stability_function"]
 
@@ -129,6 +129,11 @@ def factorize_shifted(L: sp.spmatrix, mass: np.ndarray, coef: float, *,
         :func:`~manifoldmp.spectral.eigen.fill_reducing_ordering`; at 200k vertices it costs
         1.4 s, more than the factorization). Default: computed.
 
+    Raises
+    ------
+    ParameterError
+        ``perm`` is not a permutation of ``0..V-1``.
+
     Returns
     -------
     SparseFactor
@@ -136,4 +141,4 @@ def factorize_shifted(L: sp.spmatrix, mass: np.ndarray, coef: float, *,
         ``(V, C)``).
     """
     K = (sp.diags(mass) + coef * L).tocsc()
-    return _factorize(K, perm)
+    return _factorize(K, None if perm is None else check_permutation(perm, K.shape[0]))

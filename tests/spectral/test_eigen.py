@@ -79,6 +79,23 @@ def test_inertia_count_matches_dense(sphere4: mmp.Surface, n: int) -> None:
             count_below(L, m, 1.0, perm=bad)
 
 
+def test_factorize_shifted_reuses_an_ordering_and_rejects_a_bad_one(sphere4: mmp.Surface
+                                                                     ) -> None:
+    from manifoldmp.spectral.eigen import fill_reducing_ordering
+    from manifoldmp.spectral.implicit import factorize_shifted
+
+    L = mmp.connection_laplacian(sphere4, 1)
+    m = sphere4.vertex_areas
+    perm = fill_reducing_ordering(L)
+    b = np.random.default_rng(0).standard_normal((L.shape[0], 3)) + 0j
+    x = factorize_shifted(L, m, 0.01, perm=perm).solve(b)
+    K = (np.diag(m) + 0.01 * L.toarray())
+    np.testing.assert_allclose(K @ x, b, atol=1e-12 * np.abs(b).max())
+    for bad in (perm[:-1], np.zeros_like(perm), perm.astype(float)):
+        with pytest.raises(mmp.ParameterError, match="perm must be a permutation"):
+            factorize_shifted(L, m, 0.01, perm=bad)
+
+
 def test_deterministic(sphere4: mmp.Surface) -> None:
     L = mmp.connection_laplacian(sphere4, 2)
     a = generalized_eigsh(L, sphere4.vertex_areas, 12, seed=3)
