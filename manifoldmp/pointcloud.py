@@ -271,9 +271,15 @@ class PointCloud:
         return self._pairs[2]
 
     # ------------------------------------------------------------------ operator interface
-    def _connection_data(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, bool]:
+    def _connection_data(self, angles: bool = True
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None, bool]:
+        """``(tail, tip, weight, rho, sorted)`` per Laplacian pair for operator assembly.
+
+        With ``angles=False``, ``rho`` is ``None`` and no normal, orientation or transport is
+        computed (the scalar Laplacian needs none of them).
+        """
         i, j, w = self._pairs
-        return i, j, w, self.transport_angles, True
+        return i, j, w, self.transport_angles if angles else None, True
 
     def _mass(self) -> np.ndarray:
         return self.vertex_areas

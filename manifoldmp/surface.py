@@ -613,18 +613,22 @@ class Surface:
         return tangent_frames(self.vertex_normals, ref, self._gauge, tol)
 
     # ------------------------------------------------------------------ operator interface
-    def _connection_data(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, bool]:
+    def _connection_data(self, angles: bool = True
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None, bool]:
         """``(tail, tip, weight, rho, sorted)`` per edge for operator assembly.
 
         ``sorted`` says that ``tail < tip`` and the pairs are in lexicographic order, unique.
+        With ``angles=False``, ``rho`` is ``None`` and the transports are not computed.
         """
         e = self.edges
-        rho = self.edge_transport_angles
+        rho = self.edge_transport_angles if angles else None
         if self._conn.edges_sorted:
             flip = e[:, 0] > e[:, 1]
             lo = np.where(flip, e[:, 1], e[:, 0])
             hi = np.where(flip, e[:, 0], e[:, 1])
-            return lo, hi, self.cotan_weights, np.where(flip, -rho, rho), True
+            if rho is not None:
+                rho = np.where(flip, -rho, rho)
+            return lo, hi, self.cotan_weights, rho, True
         return e[:, 0], e[:, 1], self.cotan_weights, rho, False
 
     def _mass(self) -> np.ndarray:

@@ -26,6 +26,21 @@ def test_scalar_operator_equals_robust_laplacian(sphere_cloud):
     np.testing.assert_allclose(mmp.mass_matrix(P).diagonal(), M.diagonal())
 
 
+def test_scalar_operator_needs_no_normals():
+    # the type-0 Laplacian of a cloud is robust_laplacian's: no PCA normals, no orientation, no
+    # transports (they are a third of the cloud build); type 1 computes them
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((600, 3))
+    P = mmp.PointCloud(X / np.linalg.norm(X, axis=1, keepdims=True))
+    L0 = mmp.connection_laplacian(P, 0)
+    assert "normals" not in P.__dict__.get("_cache", {})
+    assert "transport_angles" not in P.__dict__.get("_gcache", {})
+    L1 = mmp.connection_laplacian(P, 1)
+    assert "normals" in P._cache
+    # same weights: |L1| off the diagonal is L0's
+    assert abs(abs(L1) - abs(L0)).max() < 1e-14 * abs(L0).max()
+
+
 def test_sphere_type1_multiplicities_and_ratios(sphere_cloud):
     P = sphere_cloud
     L = mmp.connection_laplacian(P, 1)

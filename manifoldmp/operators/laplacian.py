@@ -107,11 +107,11 @@ def connection_laplacian(domain: Any, n: int = 0) -> sp.csr_matrix:
     """
     _check_domain(domain)
     n = validate_int(n, "n")
-    tail, tip, w, rho, is_sorted = domain._connection_data()
+    tail, tip, w, rho, is_sorted = domain._connection_data(angles=n != 0)
     nv = domain.n_vertices
     diag = np.bincount(tail, w, minlength=nv) + np.bincount(tip, w, minlength=nv)
     if n == 0:
-        off = -w
+        off = -w    # no transport: a point cloud needs no normals for its scalar Laplacian
     else:
         off = -w * np.exp(-1j * n * rho)
     return _assemble(nv, tail, tip, off, diag, is_sorted)

@@ -49,7 +49,7 @@ def _safe(norm: np.ndarray) -> np.ndarray:
 def _mean_edge_length(domain: Any) -> float:
     if hasattr(domain, "mean_edge_length"):
         return float(domain.mean_edge_length)
-    tail, tip, _, _, _ = domain._connection_data()
+    tail, tip, _, _, _ = domain._connection_data(angles=False)
     p = np.asarray(domain.points)
     return float(np.mean(np.linalg.norm(p[tail] - p[tip], axis=1)))
 
