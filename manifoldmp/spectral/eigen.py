@@ -340,7 +340,14 @@ def _orthonormalize(W: np.ndarray, Q: np.ndarray | None,
             W = Qr
             R = Rr @ R
             continue
-        W = W @ la.solve_triangular(Rc, np.eye(b, dtype=W.dtype), lower=False)
+        # LAPACK trtri and BLAS gemm on the Fortran block: solve_triangular and numpy's
+        # W @ Rinv took 2 + 13 ms here at V = 100k, b = 8 (against 4 ms)
+        trtri = la.get_lapack_funcs("trtri", (Rc,))
+        gemm = blas.get_blas_funcs("gemm", (Rc, W))
+        Rinv, info = trtri(Rc, lower=0)
+        if info != 0:  # pragma: no cover - Rc passed the diagonal check above
+            raise la.LinAlgError(f"trtri failed with info={info}")
+        W = gemm(1.0, np.asfortranarray(W), Rinv)
         R = Rc @ R
     return W, C, R
 
