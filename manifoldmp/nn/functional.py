@@ -167,7 +167,10 @@ def _krylov_raw(ops: OperatorBundle, n: int, x: torch.Tensor, t: torch.Tensor, t
                                   ops.shifted_laplacian(n, torch.float64),
                                   ops._cache[key].double()))
         return y
-    y, _ = heat_lanczos(ops.symmetric_laplacian(n, x.dtype), ops._cache[key], x, t, tol=tol)
+    y, _ = heat_lanczos(ops.symmetric_laplacian(n, x.dtype), ops._cache[key], x, t, tol=tol,
+                        wide=lambda: (ops.symmetric_laplacian(
+                            n, torch.complex128 if x.is_complex() else torch.float64),
+                            ops._cache[key].double()))
     return y
 
 

@@ -462,7 +462,11 @@ class HeatKernel:
         """Semigroup without autograd, without Casimir factor."""
         if method == "krylov":
             s = torch.as_tensor(np.sqrt(self.mass), dtype=self.dtype, device=x.device)
-            y, info = heat_lanczos(self._symmetric(x.device, x.dtype), s, x, t, tol=self.tol)
+            y, info = heat_lanczos(
+                self._symmetric(x.device, x.dtype), s, x, t, tol=self.tol, wide=lambda: (
+                    self._symmetric(x.device, torch.complex128 if x.is_complex()
+                                    else torch.float64),
+                    torch.as_tensor(np.sqrt(self.mass), dtype=torch.float64, device=x.device)))
             self.last_krylov = info
             return y
         if method == "chebyshev":

@@ -81,7 +81,8 @@ def test_float32_paths(sphere3: mmp.Surface, dense_ops: dict, n: int, caplog) ->
     """Every float32 path within 1e-4 of dense expm at t = 1e-4, 1e-2 and 1.
 
     At t = 1 the output is 1-5 % of the input and float32 Chebyshev alone loses digits
-    (3e-4 to 1.5e-3): its bound says so and the recurrence is redone in float64. The zero
+    (3e-4 to 1.5e-3): its bound says so and the recurrence is redone in float64; Lanczos
+    (4e-5 to 8e-5) likewise from its rounding estimate. The zero
     eigenvalue's float32 Ritz value (-1.8e-5) must not be reported as indefiniteness.
     """
     x = _features(sphere3.n_vertices, 2, n)
@@ -96,6 +97,10 @@ def test_float32_paths(sphere3: mmp.Surface, dense_ops: dict, n: int, caplog) ->
             assert y.dtype == xt.dtype
             err = np.linalg.norm(y.numpy() - ref) / np.linalg.norm(ref)
             assert err < 1e-4, (method, t, err)
+            if method == "krylov" and t == 1.0:
+                # float32 Lanczos alone: 4e-5 to 8e-5 here; its rounding estimate sends it to
+                # float64 (3e-8 to 1.2e-7 measured)
+                assert err < 1e-5, (t, err)
             if method == "chebyshev":
                 assert H.last_chebyshev.error_bound <= 1e-5, (t, H.last_chebyshev)
     assert not [r for r in caplog.records if "indefinite" in r.getMessage()]
