@@ -238,6 +238,22 @@ def test_transport_is_parallel_transport_along_great_circles(domain: str) -> Non
     assert err.max() < 0.02 and np.median(err) < 0.003, (err.max(), np.median(err))  # 5e-3, 1e-3
 
 
+def test_factorizations_on_two_threads_give_the_same_bits(monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    """A query that needs several factorizations builds them concurrently; one at a time (one
+    CPU) it must give the same numbers bit for bit."""
+    from manifoldmp.spectral import geodesics
+
+    S = mmp.meshes.jittered_sphere(3)
+    both = GeodesicSolver(S)
+    lm2, d2 = both.log_map(5), both.distance([1, 9])
+    assert set(both._heat) == {0, 1} and both._poisson is not None
+    monkeypatch.setattr(geodesics.os, "cpu_count", lambda: 1)
+    one = GeodesicSolver(S)
+    np.testing.assert_array_equal(one.log_map(5), lm2)
+    np.testing.assert_array_equal(one.distance([1, 9]), d2)
+
+
 def test_transport_is_gauge_covariant(rng: np.random.Generator) -> None:
     S = mmp.meshes.jittered_sphere(3)
     alpha = rng.uniform(-np.pi, np.pi, S.n_vertices)
