@@ -40,6 +40,7 @@ import scipy.linalg as la
 import scipy.linalg.blas as blas
 import scipy.sparse as sp
 import scipy.sparse.linalg as sla
+from tqdm.auto import tqdm
 
 from manifoldmp.errors import ManifoldmpError, ParameterError
 from manifoldmp.mesh.validate import validate_int, validate_positive
@@ -428,7 +429,8 @@ def _refine(apply_S: Any, Bmat: sp.csr_matrix, X: np.ndarray, s: np.ndarray,
 def generalized_eigsh(L: Any, mass: Any, k: int, *, sigma: float | None = None,
                       tol: float = 1e-9, block_size: int | None = None,
                       max_basis: int | None = None, max_restarts: int = 50,
-                      seed: int = 0, verify: bool = True) -> EigenResult:
+                      seed: int = 0, verify: bool = True,
+                      progress: bool | None = None) -> EigenResult:
     """The ``k`` eigenpairs of ``L phi = lambda M phi`` nearest above ``sigma``, ascending.
 
     Parameters
@@ -462,6 +464,10 @@ def generalized_eigsh(L: Any, mass: Any, k: int, *, sigma: float | None = None,
         factorization) and, if a block Krylov method skipped one (possible when a degenerate
         eigenspace is larger than the block), solve again with a doubled block; raise if that
         fails too. ARPACK has no such check.
+    progress : bool, optional
+        A tqdm bar of the pairs that meet ``tol`` (estimated at each convergence check), with
+        the solves so far and the worst estimated residual. Default: for problems above 50,000
+        unknowns, when stderr is a terminal.
 
     Returns
     -------
@@ -506,6 +512,8 @@ def generalized_eigsh(L: Any, mass: Any, k: int, *, sigma: float | None = None,
     if k > V:
         raise ParameterError(f"k must be at most the number of vertices {V}, got {k}")
     tol = validate_positive(tol, "tol")
+    if progress is not None and not isinstance(progress, bool):
+        raise ParameterError(f"progress must be a bool or None, got {progress!r}")
     is_complex = np.iscomplexobj(L.data) if hasattr(L, "data") else np.iscomplexobj(L)
     dtype = np.complex128 if is_complex else np.float64
     L = sp.csr_matrix(L, dtype=dtype)
@@ -518,27 +526,32 @@ def generalized_eigsh(L: Any, mass: Any, k: int, *, sigma: float | None = None,
     b = validate_int(block_size, "block_size", minimum=1) if block_size is not None \
         else min(8, k)
     perm = fill_reducing_ordering(L)   # one ordering for every factorization of this pattern
-    for attempt in range(3):
-        res = _block_lanczos(L, mass, k, sigma, tol, b, max_basis, max_restarts,
-                             seed + attempt, is_complex, dtype, t0, perm)
-        if not verify:
-            return res
-        ok, what = _check_count(L, mass, res.eigenvalues, perm)
-        if ok:
-            log.debug("inertia check passed: %s", what)
-            return res
-        log.warning("eigensolver skipped eigenvalues (%s); solving again with block size %d",
-                    what, 2 * b)
-        b = min(2 * b, k)
-        if max_basis is not None:
-            max_basis = max(max_basis, k + 4 * b)
+    disable = (None if V > 50_000 else True) if progress is None else not progress
+    with tqdm(total=k, desc="eigenpairs", unit="pair", disable=disable, leave=False) as bar:
+        for attempt in range(3):
+            res = _block_lanczos(L, mass, k, sigma, tol, b, max_basis, max_restarts,
+                                 seed + attempt, is_complex, dtype, t0, perm, bar)
+            if verify:
+                bar.set_postfix_str("inertia check")
+                ok, what = _check_count(L, mass, res.eigenvalues, perm)
+            if not verify or ok:
+                if verify:
+                    log.debug("inertia check passed: %s", what)
+                bar.update(bar.total - bar.n)
+                return res
+            log.warning("eigensolver skipped eigenvalues (%s); solving again with block size %d",
+                        what, 2 * b)
+            b = min(2 * b, k)
+            if max_basis is not None:
+                max_basis = max(max_basis, k + 4 * b)
+            bar.reset()
     raise EigenSolverError(f"eigenvalues were skipped in three attempts ({what})")
 
 
 def _block_lanczos(L: sp.csr_matrix, mass: np.ndarray, k: int, sigma: float | None, tol: float,
                    b: int, max_basis: int | None, max_restarts: int, seed: int,
                    is_complex: bool, dtype: Any, t0: float,
-                   perm: np.ndarray | None = None) -> EigenResult:
+                   perm: np.ndarray | None = None, bar: Any = None) -> EigenResult:
     V = L.shape[0]
     area = float(mass.sum())
     sigma_auto = sigma is None
@@ -636,6 +649,9 @@ def _block_lanczos(L: sp.csr_matrix, mass: np.ndarray, k: int, sigma: float | No
             est = np.sqrt(np.maximum(np.real(np.sum(Z.conj() * (GG @ Z), axis=0)), 0.0))
             rel = est / np.maximum(np.abs(lam[:k]), _floor(lam[:k], mass))
             worst = float(np.max(rel))
+            if bar is not None:
+                bar.update(max(int(np.count_nonzero(rel <= target)) - bar.n, 0))
+                bar.set_postfix(solves=n_solves, residual=f"{worst:.1e}")
             if worst <= target or (worst <= tol and stalls_est >= 2):
                 Xr = Q[:, :nq] @ Yw[:, :k]
                 # Rayleigh-Ritz with B on the Ritz vectors settles degenerate clusters exactly

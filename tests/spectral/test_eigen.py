@@ -194,3 +194,16 @@ def test_shared_meshes(name: str, n: int) -> None:
     assert res.residuals.max() < 1e-8, (name, n, res.residuals.max())
     if n == 0:  # one zero eigenvalue per connected component, then positive ones
         assert np.sum(np.abs(res.eigenvalues) < 1e-8) == min(S.n_components, 24)
+
+
+def test_progress_bar_counts_converged_pairs(capsys: pytest.CaptureFixture) -> None:
+    S = mmp.meshes.icosphere(4)   # 2562 vertices: above the dense limit
+    L = mmp.connection_laplacian(S, 0)
+    quiet = generalized_eigsh(L, S.vertex_areas, 12, progress=False)
+    assert capsys.readouterr().err == ""
+    shown = generalized_eigsh(L, S.vertex_areas, 12, progress=True)
+    err = capsys.readouterr().err
+    assert "eigenpairs" in err and "12/12" in err and "solves=" in err
+    np.testing.assert_array_equal(shown.eigenvalues, quiet.eigenvalues)
+    with pytest.raises(ParameterError, match="progress must be a bool"):
+        generalized_eigsh(L, S.vertex_areas, 12, progress="yes")
