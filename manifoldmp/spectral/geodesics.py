@@ -19,9 +19,7 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -33,7 +31,7 @@ from manifoldmp.mesh.validate import validate_positive
 from manifoldmp.operators.gradient import gradient_matrix
 from manifoldmp.operators.laplacian import _check_domain, connection_laplacian
 from manifoldmp.spectral.eigen import fill_reducing_ordering
-from manifoldmp.spectral.implicit import factorize_shifted
+from manifoldmp.spectral.implicit import factorize_in_parallel, factorize_shifted
 
 __all__ = [
     "GeodesicSolver",
@@ -169,9 +167,7 @@ class GeodesicSolver:
     def _prefactor(self, heat: tuple[int, ...] = (), poisson: bool = False) -> None:
         """Build the missing factorizations of a query, two at a time.
 
-        SuperLU releases the GIL while it factors, so two factorizations on two threads take
-        the time of one (100k-vertex torus: 1.81 s one after the other, 1.03 s together). The
-        operands and the shared ordering are built first, in this thread.
+        See :func:`~manifoldmp.spectral.implicit.factorize_in_parallel`.
         """
         jobs: dict[Any, Callable[[], Any]] = {}
         for n in heat:
@@ -179,13 +175,7 @@ class GeodesicSolver:
                 jobs[n] = self._heat_job(n)
         if poisson and self._poisson is None:
             jobs["poisson"] = self._poisson_job()
-        if len(jobs) > 1 and (os.cpu_count() or 1) > 1:
-            with ThreadPoolExecutor(max_workers=2) as pool:
-                futures = {key: pool.submit(job) for key, job in jobs.items()}
-                done = {key: f.result() for key, f in futures.items()}
-        else:
-            done = {key: job() for key, job in jobs.items()}
-        for key, value in done.items():
+        for key, value in factorize_in_parallel(jobs).items():
             if key == "poisson":
                 self._poisson = value
             else:

@@ -63,7 +63,13 @@ from manifoldmp.spectral.eigen import (
     fill_reducing_ordering,
     generalized_eigsh,
 )
-from manifoldmp.spectral.implicit import SCHEMES, error_bound, factorize_shifted, sdirk_steps
+from manifoldmp.spectral.implicit import (
+    SCHEMES,
+    error_bound,
+    factorize_in_parallel,
+    factorize_shifted,
+    sdirk_steps,
+)
 from manifoldmp.spectral.krylov import KrylovInfo, csr_product, heat_lanczos
 
 __all__ = ["HeatKernel", "heat_diffuse"]
@@ -481,19 +487,26 @@ class HeatKernel:
         return self._implicit(x, t)
 
     def _factor(self, coef: float) -> Any:
-        lu = self._factors.get(coef)
-        if lu is None:
-            if self._ordering is None:  # one ordering for every factorization (same pattern)
-                self._ordering = fill_reducing_ordering(self.laplacian)
-            lu = factorize_shifted(self.laplacian, self.mass, coef, perm=self._ordering)
-            self._factors[coef] = lu
-        return lu
+        self._prefactor([coef])
+        return self._factors[coef]
+
+    def _prefactor(self, coefs: Any) -> None:
+        """Factor ``M + c L`` for every missing ``c``, two at a time (one shared ordering)."""
+        missing = sorted({float(c) for c in coefs} - set(self._factors))
+        if not missing:
+            return
+        if self._ordering is None:  # one ordering for every factorization (same pattern)
+            self._ordering = fill_reducing_ordering(self.laplacian)
+        L, mass, perm = self.laplacian, self.mass, self._ordering
+        self._factors.update(factorize_in_parallel(
+            {c: (lambda c=c: factorize_shifted(L, mass, c, perm=perm)) for c in missing}))
 
     def _resolvent(self, v: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
         """``(I + tau_c A)^-1 v_c = (M + tau_c L)^-1 M v_c`` per column (CPU factorization)."""
         vn = v.detach().cpu().numpy().astype(np.complex128 if v.is_complex() else np.float64)
         out = vn.copy()
         tn = tau.detach().cpu().numpy().astype(np.float64)
+        self._prefactor(tn[tn != 0])
         for tv in np.unique(tn):
             if tv == 0:
                 continue
@@ -508,6 +521,7 @@ class HeatKernel:
         out = np.empty_like(xn)
         L = self.laplacian
         tn = t.detach().cpu().numpy().astype(np.float64)
+        self._prefactor([gamma * (float(tv) / self.steps) for tv in np.unique(tn) if tv != 0])
         for tv in np.unique(tn):
             cols = np.flatnonzero(tn == tv)
             if tv == 0:

@@ -242,13 +242,13 @@ def test_factorizations_on_two_threads_give_the_same_bits(monkeypatch: pytest.Mo
                                                           ) -> None:
     """A query that needs several factorizations builds them concurrently; one at a time (one
     CPU) it must give the same numbers bit for bit."""
-    from manifoldmp.spectral import geodesics
+    from manifoldmp.spectral import implicit
 
     S = mmp.meshes.jittered_sphere(3)
     both = GeodesicSolver(S)
     lm2, d2 = both.log_map(5), both.distance([1, 9])
     assert set(both._heat) == {0, 1} and both._poisson is not None
-    monkeypatch.setattr(geodesics.os, "cpu_count", lambda: 1)
+    monkeypatch.setattr(implicit.os, "cpu_count", lambda: 1)
     one = GeodesicSolver(S)
     np.testing.assert_array_equal(one.log_map(5), lm2)
     np.testing.assert_array_equal(one.distance([1, 9]), d2)
