@@ -451,10 +451,12 @@ def generalized_eigsh(L: Any, mass: Any, k: int, *, sigma: float | None = None,
         ``||L phi - lambda M phi||_{M^-1} <= tol * max(|lambda|, floor)`` (:func:`residuals`).
     block_size : int, optional
         Vectors per Lanczos block (default ``min(8, k)``: on meshes fewer solves than 16, 592
-        against 848 for 128 pairs of a torus, and less time).
+        against 848 for 128 pairs of a torus, and less time; measured with the thinner restart
+        of earlier versions, 512 now).
     max_basis : int, optional
         Basis size at which the method restarts (default ``max(2 k + 4 b, 8 b, 160)``, at most
-        V).
+        V). A restart keeps the ``k + max(b, 3 k / 8)`` leading Ritz vectors (fewer when the
+        basis is too small for that).
     max_restarts : int
         Give up (with :class:`EigenSolverError`) after this many restarts.
     seed : int
@@ -561,7 +563,10 @@ def _block_lanczos(L: sp.csr_matrix, mass: np.ndarray, k: int, sigma: float | No
     nmax = validate_int(max_basis, "max_basis", minimum=1) if max_basis is not None \
         else max(2 * k + 4 * b, 8 * b, 160)
     nmax = min(nmax, V)
-    keep = min(k + b, nmax - 2 * b)
+    # thick restart keeps k + max(b, 3k/8) Ritz vectors: the unwanted ones just above the k-th
+    # carry the convergence of the last wanted pairs (100k torus, k = 128: 512 solves against
+    # 592 keeping k + b, residual 2.9e-11 against 3.7e-11, 10 % less time)
+    keep = min(k + max(b, (3 * k) // 8), nmax - 2 * b)
     if keep < k:
         raise ParameterError(
             f"max_basis={nmax} is too small for k={k} with block_size={b}; "
