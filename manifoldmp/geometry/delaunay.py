@@ -70,9 +70,7 @@ def _fails(lengths: np.ndarray, h: np.ndarray, g: np.ndarray) -> np.ndarray:
     (E,) bool ndarray
     """
     def cot(x: np.ndarray) -> np.ndarray:
-        base = x - x % 3
-        return _cot_opposite_array(lengths[x], lengths[base + (x + 1) % 3],
-                                   lengths[base + (x + 2) % 3])
+        return _cot_opposite_array(lengths[x], lengths[_nxt(x)], lengths[_prv(x)])
 
     ch, cg = cot(h), cot(g)
     with np.errstate(invalid="ignore"):
@@ -188,7 +186,7 @@ class _FlipState:
         self.faces, self.lengths, self.twin, self.post = faces, lengths, twin, post
         self.n_vertices = n_vertices
         h = np.flatnonzero((twin < 0) | (twin > np.arange(twin.size)))   # one per edge
-        ea, eb = faces[h], faces[h - h % 3 + (h + 1) % 3]
+        ea, eb = faces[h], faces[_nxt(h)]
         self.edges = set((np.minimum(ea, eb) * n_vertices + np.maximum(ea, eb)).tolist())
 
 
@@ -305,8 +303,7 @@ def _flip_batched(state: _FlipState, limit: int) -> tuple[int, int]:
             # the candidates are done: a full scan makes sure nothing was missed
             cand, scanned = _non_delaunay(lengths, twin), True
             continue
-        hn, hp = h - h % 3 + (h + 1) % 3, h - h % 3 + (h + 2) % 3
-        gn, gp = g - g % 3 + (g + 1) % 3, g - g % 3 + (g + 2) % 3
+        hn, hp, gn, gp = _nxt(h), _prv(h), _nxt(g), _prv(g)
         k, ll = faces[hp], faces[gp]
         key = np.minimum(k, ll) * nv + np.maximum(k, ll)
         present = np.fromiter((e in edges for e in key.tolist()), dtype=bool, count=key.size)
@@ -460,9 +457,11 @@ def _flip_sequential(state: _FlipState, limit: int) -> tuple[int, int]:
     return flips, len(queue) if flips >= limit else 0
 
 
-def _nxt(h: int) -> int:
+def _nxt(h: Any) -> Any:
+    """Next halfedge in the face of ``h`` (an int or an int array)."""
     return h - h % 3 + (h + 1) % 3
 
 
-def _prv(h: int) -> int:
+def _prv(h: Any) -> Any:
+    """Previous halfedge in the face of ``h`` (an int or an int array)."""
     return h - h % 3 + (h + 2) % 3

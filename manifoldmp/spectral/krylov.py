@@ -50,6 +50,7 @@ import torch
 
 from manifoldmp.errors import ManifoldmpError
 from manifoldmp.operators.sparse import column_real_dot
+from manifoldmp.spectral.chebyshev import FLOAT32_ACCURACY
 
 __all__ = ["KrylovInfo", "KrylovNotConverged", "lanczos_expm"]
 # csr_product and heat_lanczos are internal: HeatKernel and nn.heat_flow call them after
@@ -417,8 +418,6 @@ def heat_lanczos(B: torch.Tensor, sqrt_mass: torch.Tensor, x: torch.Tensor, t: t
     info : KrylovInfo
         Of the float64 run where there was one.
     """
-    from manifoldmp.spectral.chebyshev import FLOAT32_ACCURACY
-
     s = sqrt_mass[:, None].to(x.dtype)
     z = s * x.detach()
     y, info = lanczos_expm(lambda X, out=None: csr_product(B, X, out), z, t,
