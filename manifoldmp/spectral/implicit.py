@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from manifoldmp.errors import ParameterError
 from manifoldmp.spectral.eigen import _factorize, check_permutation
 
 __all__ = ["SCHEMES", "error_bound", "factorize_in_parallel", "factorize_shifted", "sdirk_steps",
@@ -155,7 +156,17 @@ def factorize_in_parallel(jobs: dict[Hashable, Callable[[], Any]]) -> dict[Hasha
     1.03 s together). Build the operands and any shared ordering before, in the calling
     thread; a job should only factor. One job, or one CPU, runs in the calling thread.
     Exceptions of a job are raised here.
+
+    Raises
+    ------
+    ParameterError
+        ``jobs`` is not a dict of callables.
     """
+    if not isinstance(jobs, dict):
+        raise ParameterError(f"jobs must be a dict of callables, got {type(jobs).__name__}")
+    bad = [key for key, job in jobs.items() if not callable(job)]
+    if bad:
+        raise ParameterError(f"jobs must be callables; not callable: {bad[:3]!r}")
     if len(jobs) < 2 or (os.cpu_count() or 1) < 2:
         return {key: job() for key, job in jobs.items()}
     with ThreadPoolExecutor(max_workers=2) as pool:

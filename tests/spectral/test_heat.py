@@ -511,3 +511,15 @@ def test_implicit_factors_several_times_two_at_a_time(sphere3: mmp.Surface, dens
     monkeypatch.setattr(implicit.os, "cpu_count", lambda: 1)
     H1 = mmp.HeatKernel(sphere3, 1, method="implicit", steps=4)
     np.testing.assert_array_equal(H1(x, t).numpy(), y.numpy())
+
+
+
+def test_factorize_in_parallel_rejects_bad_jobs() -> None:
+    from manifoldmp.errors import ParameterError
+    from manifoldmp.spectral.implicit import factorize_in_parallel
+
+    assert factorize_in_parallel({"a": lambda: 1, "b": lambda: 2}) == {"a": 1, "b": 2}
+    with pytest.raises(ParameterError, match="dict of callables"):
+        factorize_in_parallel([lambda: 1])
+    with pytest.raises(ParameterError, match="not callable: \\['b'\\]"):
+        factorize_in_parallel({"a": lambda: 1, "b": 2})
