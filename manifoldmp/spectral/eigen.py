@@ -112,9 +112,16 @@ def residuals(L: Any, mass: np.ndarray, eigenvalues: np.ndarray,
     """
     mass = np.asarray(mass, dtype=np.float64)
     lam = np.asarray(eigenvalues, dtype=np.float64)
-    R = L @ eigenvectors - (mass[:, None] * eigenvectors) * lam[None, :]
-    num = np.sqrt(np.sum(np.abs(R) ** 2 / mass[:, None], axis=0))
-    return num / np.maximum(np.abs(lam), _floor(lam, mass))
+    L = sp.csr_matrix(L)
+    num2 = np.zeros(len(lam))
+    # in row blocks: whole (V, k) temporaries are fresh pages each call (100k vertices, 128
+    # pairs: 125-720 ms against 60 ms)
+    for a in range(0, L.shape[0], 4096):
+        e = min(a + 4096, L.shape[0])
+        R = L[a:e] @ eigenvectors
+        R -= (mass[a:e, None] * lam[None, :]) * eigenvectors[a:e]
+        num2 += np.einsum("ij,ij,i->j", R.conj(), R, 1.0 / mass[a:e]).real
+    return np.sqrt(num2) / np.maximum(np.abs(lam), _floor(lam, mass))
 
 
 def _floor(lam: np.ndarray, mass: np.ndarray) -> float:
@@ -290,6 +297,15 @@ def _project_out(W: np.ndarray, Q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     measured at V = 100k, n = 296, b = 8: 52 against 103 ms real, 104 against 223 complex).
     """
     is_complex = np.iscomplexobj(Q)
+    if (not is_complex and Q.flags.f_contiguous and W.flags.f_contiguous
+            and W.dtype == Q.dtype):
+        # real: torch's gemm (both cores; OpenBLAS is held to one thread in the eigensolver),
+        # update in place: 46 against 69 ms at V = 100k, n = 296, b = 8. Complex stays with
+        # numpy below (torch's complex products here: 295 against 178 ms).
+        Qt, Wt = torch.from_numpy(Q), torch.from_numpy(W)
+        Ct = Qt.mT @ Wt
+        torch.addmm(Wt, Qt, Ct, alpha=-1, out=Wt)
+        return W, Ct.numpy()
     C = (Q.T @ W.conj()).conj() if is_complex else Q.T @ W
     if not Q.flags.f_contiguous or W.dtype != Q.dtype:
         return W - Q @ C, C

@@ -249,3 +249,21 @@ def test_partial_refinement_sweeps_only_the_pairs_above_tol(sphere4: mmp.Surface
     assert r_p.max() < 2 * r_f.max()
     np.testing.assert_allclose(lam_p, res.eigenvalues, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(Phi_p.conj().T @ (m[:, None] * Phi_p), np.eye(16), atol=1e-12)
+
+
+@pytest.mark.parametrize("n", [0, 1])
+def test_residuals_in_row_blocks_match_the_whole_array_formula(n: int) -> None:
+    # the row-block loop against the obvious formula, on more rows than one block
+    S = mmp.meshes.torus(n_major=100, n_minor=62)  # 6200 vertices: two row blocks
+    L = mmp.connection_laplacian(S, n)
+    m = S.vertex_areas
+    rng = np.random.default_rng(4)
+    Phi = rng.standard_normal((S.n_vertices, 5))
+    if n:
+        Phi = Phi + 1j * rng.standard_normal(Phi.shape)
+    lam = np.array([0.0, 1e-3, 2.0, 30.0, 400.0])
+    R = L @ Phi - (m[:, None] * Phi) * lam
+    ref = np.sqrt(np.sum(np.abs(R) ** 2 / m[:, None], axis=0))
+    floor = max(1e-3 * 400.0, 4 * np.pi / m.sum())
+    np.testing.assert_allclose(residuals(L, m, lam, Phi), ref / np.maximum(lam, floor),
+                               rtol=1e-13)
