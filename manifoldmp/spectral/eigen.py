@@ -207,19 +207,28 @@ class SparseFactor:
     inertia (number of negative eigenvalues) when the factorization did not pivot.
     """
 
+    #: Multi-column solves build the level solver by themselves once this many columns went
+    #: through SuperLU (its set-up costs about 100 SuperLU columns: 0.9 s at 100k vertices)...
+    AUTO_LEVEL_COLUMNS = 128
+    #: ...on factors of at least this order (below, SuperLU's solves take well under a
+    #: millisecond and the per-level overhead of the sparse products would dominate).
+    AUTO_LEVEL_MIN_ORDER = 20_000
+
     def __init__(self, lu: Any, perm: np.ndarray | None, symmetric: bool) -> None:
         self.lu = lu
         self.perm = perm
         self.symmetric = symmetric
         self.shape = lu.shape
         self.levels: Any = None
+        self._block_columns = 0  # columns solved by SuperLU in multi-column calls
 
     def prepare_block_solves(self) -> bool:
         """Build the level-scheduled block solver (:mod:`~manifoldmp.spectral.supernodal`).
 
         Multi-column solves then cost 2-3 ms per column instead of SuperLU's 9 (100k
         vertices); one-column solves stay with SuperLU. Returns whether the factor fits (a
-        pivoted factor does not, and keeps SuperLU's solve).
+        pivoted factor does not, and keeps SuperLU's solve). ``solve`` calls it by itself
+        after :attr:`AUTO_LEVEL_COLUMNS` columns on a large factor.
         """
         if self.levels is None and self.symmetric:
             from manifoldmp.spectral.supernodal import LevelSolver
@@ -229,15 +238,17 @@ class SparseFactor:
     def solve(self, b: np.ndarray) -> np.ndarray:
         """``A^-1 b`` for ``b : (V,) or (V, C)``."""
         b = np.asarray(b)
+        if b.ndim == 2 and b.shape[1] > 1 and self.levels is None:
+            self._block_columns += b.shape[1]
+            if (self._block_columns >= self.AUTO_LEVEL_COLUMNS
+                    and self.shape[0] >= self.AUTO_LEVEL_MIN_ORDER):
+                self.prepare_block_solves()
         if (self.levels and b.ndim == 2 and b.shape[1] > 1
                 and np.can_cast(b.dtype, self.levels.dtype)):  # complex b, real factor: SuperLU
-            y = self.levels.solve(b if self.perm is None else b[self.perm])
-        elif self.perm is None:
-            return np.asarray(self.lu.solve(np.asfortranarray(b)))
-        else:
-            y = np.asarray(self.lu.solve(np.asfortranarray(b[self.perm])))
+            return self.levels.solve(b, self.perm)
         if self.perm is None:
-            return y
+            return np.asarray(self.lu.solve(np.asfortranarray(b)))
+        y = np.asarray(self.lu.solve(np.asfortranarray(b[self.perm])))
         out = np.empty_like(y)
         out[self.perm] = y
         return out

@@ -184,7 +184,7 @@ class GeodesicSolver:
     def _heat_solve(self, n: int, rhs: np.ndarray) -> np.ndarray:
         """``(M + t L_n)^-1 rhs``."""
         self._prefactor(heat=(n,))
-        return np.asarray(self._heat[n].solve(np.asfortranarray(rhs)))
+        return np.asarray(self._heat[n].solve(rhs))
 
     def _poisson_solve(self, b: np.ndarray) -> np.ndarray:
         """Solve ``L phi = b`` on each connected component (one vertex pinned per component)."""

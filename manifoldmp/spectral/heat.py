@@ -512,7 +512,7 @@ class HeatKernel:
                 continue
             cols = np.flatnonzero(tn == tv)
             rhs = self.mass[:, None] * vn[:, cols]
-            out[:, cols] = self._factor(float(tv)).solve(np.asfortranarray(rhs))
+            out[:, cols] = self._factor(float(tv)).solve(rhs)
         return torch.from_numpy(np.ascontiguousarray(out)).to(device=v.device, dtype=v.dtype)
 
     def _implicit(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -531,7 +531,7 @@ class HeatKernel:
             lu = self._factor(gamma * tau)
             out[:, cols] = sdirk_steps(xn[:, cols], self.scheme, tau, self.steps,
                                        lambda u: L @ u,
-                                       lambda r, lu=lu: lu.solve(np.asfortranarray(r)))
+                                       lambda r, lu=lu: lu.solve(r))
         return torch.from_numpy(np.ascontiguousarray(out)).to(device=x.device, dtype=x.dtype)
 
     def _apply_A(self, y: torch.Tensor) -> torch.Tensor:

@@ -149,7 +149,7 @@ def _block_inverse(row: np.ndarray, col: np.ndarray, val: np.ndarray, first: np.
 
 
 def _stacked(M: sp.csr_matrix, complex_: bool) -> torch.Tensor:
-    """Torch CSR of ``M``; complex ``M`` as the real ``[Re M; Im M]`` (see ``LevelSolver._mm``)."""
+    """Torch CSR of ``M``; complex ``M`` as the real ``[Re M; Im M]`` (``LevelSolver._mm``)."""
     if complex_:
         M = sp.vstack([M.real, M.imag], format="csr")
     return _torch_csr(M.indptr, M.indices, np.ascontiguousarray(M.data.real), M.shape)
@@ -163,9 +163,9 @@ class LevelSolver:
     (to rounding), so only ``L`` and the pivots ``D`` are used: the upper solve runs the
     conjugate transposes of the lower one's matrices, levels in reverse.
 
-    Complex factors run on real blocks ``[Re X | Im X]`` with matrices stacked as
-    ``[Re M; Im M]``: torch's complex sparse product on CPU does not go through MKL and is 3-4
-    times slower than two real ones.
+    Complex factors run on the real view of the complex block (Re and Im interleaved, ``(V,
+    2C)``) with matrices stacked as ``[Re M; Im M]``: torch's complex sparse product on CPU
+    does not go through MKL and is 3-4 times slower than the real one of twice the size.
 
     Parameters
     ----------
@@ -187,6 +187,8 @@ class LevelSolver:
         self.dtype = pivots.dtype
         self.is_complex = np.iscomplexobj(pivots)
         self.inv_pivots = torch.from_numpy(1.0 / pivots)
+        self._composed: tuple[np.ndarray, np.ndarray] | None = None
+        self._work: np.ndarray | None = None  # (V, C) workspace of the last width
         self.shape = (len(order), len(order))
 
     @classmethod
@@ -281,53 +283,61 @@ class LevelSolver:
             return None
         return solver
 
-    def solve(self, b: np.ndarray) -> np.ndarray:
-        """``A^-1 b`` for ``b : (V, C)`` in the factor's numbering; returns ``(V, C)``."""
-        bo = np.asarray(b)[self.order]
-        C = bo.shape[1]
-        if self.is_complex:
-            y = torch.empty((len(self.order), 2 * C), dtype=torch.float64)
-            yn = y.numpy()
-            yn[:, :C] = bo.real
-            yn[:, C:] = bo.imag
-        else:
-            y = torch.from_numpy(np.ascontiguousarray(bo, dtype=self.dtype))
+    def solve(self, b: np.ndarray, perm: np.ndarray | None = None) -> np.ndarray:
+        """``A^-1 b`` for ``b : (V, C)``; returns ``(V, C)``.
+
+        ``b`` and the result are in the factor's numbering, or, with ``perm``, in the numbering
+        of the original matrix ``A_orig = A[perm][:, perm]`` (one gather and one scatter for
+        both permutations). Not thread-safe: calls share a workspace.
+        """
+        idx = self._index(perm)
+        b = np.asarray(b)
+        if b.dtype != self.dtype:
+            b = b.astype(self.dtype)
+        # rows in the level order, gathered into a workspace kept between calls of one
+        # width (fresh 100 MB blocks cost more in page faults than the gather itself)
+        if self._work is None or self._work.shape != b.shape:
+            self._work = np.empty(b.shape, dtype=self.dtype)
+        bo = np.take(b, idx, axis=0, out=self._work, mode="clip")
+        yc = torch.from_numpy(bo)
+        # complex: the same memory read as real (V, 2C) with Re and Im interleaved
+        y = torch.view_as_real(yc).view(len(idx), -1) if self.is_complex else yc
         for a, e, B, D in self.lower:
-            self._level(y, a, e, B, D, y[:a], C)
-        self._scale(y, C)
+            self._level(yc, y, a, e, B, D, y[:a])
+        yc.mul_(self.inv_pivots[:, None])
         for a, e, B, D in reversed(self.upper):
-            self._level(y, a, e, B, D, y[e:], C)
+            self._level(yc, y, a, e, B, D, y[e:])
         out = np.empty(bo.shape, dtype=self.dtype)
-        yn = y.numpy()
-        out[self.order] = yn[:, :C] + 1j * yn[:, C:] if self.is_complex else yn
+        out[idx] = yc.numpy()
         return out
 
-    def _scale(self, y: torch.Tensor, C: int) -> None:
-        """``y = D^-1 y`` in place."""
-        d = self.inv_pivots
-        if not self.is_complex:
-            y.mul_(d[:, None])
-            return
-        re, im = y[:, :C].clone(), y[:, C:]
-        y[:, :C].mul_(d.real[:, None]).addcmul_(im, d.imag[:, None], value=-1)
-        im.mul_(d.real[:, None]).addcmul_(re, d.imag[:, None])
+    def _index(self, perm: np.ndarray | None) -> np.ndarray:
+        """Rows of ``b`` in the level order: ``order``, or ``perm[order]`` (cached)."""
+        if perm is None:
+            return self.order
+        if self._composed is None or self._composed[0] is not perm:
+            self._composed = (perm, np.asarray(perm)[self.order])
+        return self._composed[1]
 
-    def _mm(self, M: torch.Tensor, K: torch.Tensor, C: int) -> torch.Tensor:
-        """``M K``; for complex data ``M = [Re; Im]`` stacked and ``K = [Re | Im]``."""
+    def _mm(self, M: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
+        """``M K`` for the real form ``K`` of a block; complex: ``M = [Re; Im]`` stacked.
+
+        Returns a real block, or for complex data the complex ``(m, C)`` product.
+        """
         P = torch.mm(M, K)
         if not self.is_complex:
             return P
         m = P.shape[0] // 2
-        return torch.cat([P[:m, :C] - P[m:, C:], P[m:, :C] + P[:m, C:]], dim=1)
+        Pc = torch.view_as_complex(P.view(2 * m, -1, 2))  # rows: Re M x, then Im M x
+        return torch.add(Pc[:m], Pc[m:], alpha=1j)
 
-    def _level(self, y: torch.Tensor, a: int, e: int, B: Any, D: Any, known: torch.Tensor,
-               C: int) -> None:
-        """``y[a:e] = D (y[a:e] - B known)`` in place."""
-        rows = y[a:e]
+    def _level(self, yc: torch.Tensor, y: torch.Tensor, a: int, e: int, B: Any, D: Any,
+               known: torch.Tensor) -> None:
+        """``y[a:e] = D (y[a:e] - B known)`` in place (``yc``: ``y`` as complex, or ``y``)."""
         if B is not None:
             if self.is_complex:
-                rows.sub_(self._mm(B, known, C))
+                yc[a:e].sub_(self._mm(B, known))
             else:
-                rows.addmm_(B, known, alpha=-1)
+                y[a:e].addmm_(B, known, alpha=-1)
         if D is not None:
-            rows.copy_(self._mm(D, rows, C))
+            yc[a:e].copy_(self._mm(D, y[a:e]))
