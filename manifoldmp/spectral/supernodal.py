@@ -192,7 +192,7 @@ class LevelSolver:
         self.shape = (len(order), len(order))
 
     @classmethod
-    def from_superlu(cls, lu: Any) -> LevelSolver | None:
+    def from_superlu(cls, lu: Any, pivots: np.ndarray | None = None) -> LevelSolver | None:
         """Level solver for a SuperLU factor, or ``None`` where it does not fit.
 
         A factor fits when it did not pivot (``perm_r`` and ``perm_c`` the identity, as
@@ -203,12 +203,14 @@ class LevelSolver:
         Parameters
         ----------
         lu : scipy.sparse.linalg.SuperLU
+        pivots : (V,) ndarray, optional
+            ``lu.U.diagonal()`` where the caller has it already (default: computed).
         """
         V = lu.shape[0]
         if V < 2 or not (np.array_equal(lu.perm_r, np.arange(V))
                          and np.array_equal(lu.perm_c, np.arange(V))):
             return None
-        pivots = np.asarray(lu.U.diagonal())
+        pivots = np.asarray(lu.U.diagonal() if pivots is None else pivots)
         if not np.all(np.isfinite(pivots)) or np.any(pivots == 0):
             return None
         Lc = sp.csc_matrix(lu.L)  # indices unsorted within columns
