@@ -46,6 +46,12 @@ log = logging.getLogger(__name__)
 #: squared (entries), so longer chains are cut (more levels, same result).
 MAX_GROUP = 1024
 
+#: A factor is refused when its tree has more than ``max(MAX_LEVELS_MIN, V // LEVEL_WIDTH_MIN)``
+#: levels: each level costs four sparse products of fixed overhead (tens of microseconds), so
+#: levels must be wide. Nested dissection gives few (29 for a 100k-vertex torus).
+MAX_LEVELS_MIN = 256
+LEVEL_WIDTH_MIN = 100
+
 
 def _torch_csr(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray,
                shape: tuple[int, int]) -> torch.Tensor:
@@ -220,6 +226,13 @@ class LevelSolver:
         parent = _parents(Lc)
         group = _groups(np.diff(Lc.indptr), parent).astype(np.int32)
         lev = _levels(parent, group)
+        n_levels = int(lev.max()) + 1
+        if n_levels > max(MAX_LEVELS_MIN, V // LEVEL_WIDTH_MIN):
+            # a deep tree (no fill-reducing ordering: a chain has one column per level) would
+            # cost a few sparse products per level; SuperLU's solve is faster there
+            log.debug("elimination tree has %d levels for %d unknowns; SuperLU solves kept",
+                      n_levels, V)
+            return None
         col_lev = lev[group].astype(np.int16 if lev.max() < 2**15 else np.int64)
         order = np.argsort(col_lev, kind="stable").astype(np.int32)
         pos = np.empty(V, dtype=np.int32)

@@ -143,3 +143,18 @@ def test_implicit_heat_the_same_with_level_solves(monkeypatch: pytest.MonkeyPatc
     y = H(x, 1e-2)
     assert all(f.levels for f in H._factors.values())
     torch.testing.assert_close(y, ref, rtol=0, atol=1e-12 * float(ref.abs().max()))
+
+
+def test_a_deep_elimination_tree_is_refused() -> None:
+    # a path graph factored in its natural order: one column per level (2000 levels), where
+    # SuperLU's solve is faster; with nested dissection the same matrix has few levels
+    from manifoldmp.spectral.eigen import _symmetric_lu
+
+    V = 2000
+    A = sp.diags([-np.ones(V - 1), 2.5 * np.ones(V), -np.ones(V - 1)], [-1, 0, 1]).tocsc()
+    assert LevelSolver.from_superlu(_symmetric_lu(A, np.arange(V))) is None
+    nd = _factorize(A)
+    assert nd.prepare_block_solves() and len(nd.levels.lower) < 64
+    B = _rhs(V, 3, 0, seed=7)
+    np.testing.assert_allclose(nd.solve(B), np.linalg.solve(A.toarray(), B), rtol=0,
+                               atol=1e-12)
