@@ -226,10 +226,11 @@ class SparseFactor:
     def prepare_block_solves(self) -> bool:
         """Build the level-scheduled block solver (:mod:`~manifoldmp.spectral.supernodal`).
 
-        Multi-column solves then cost 2-3 ms per column instead of SuperLU's 9 (100k
-        vertices); one-column solves stay with SuperLU. Returns whether the factor fits (a
-        pivoted factor does not, and keeps SuperLU's solve). ``solve`` calls it by itself
-        after :attr:`AUTO_LEVEL_COLUMNS` columns on a large factor.
+        Multi-column solves then cost 2-4.6 ms per column instead of SuperLU's 7 (100k
+        vertices, real; complex 9-11 against 13); one-column solves stay with SuperLU.
+        Returns whether the factor fits (a pivoted factor or a deep elimination tree does
+        not, and keeps SuperLU's solve). ``solve`` calls it by itself after
+        :attr:`AUTO_LEVEL_COLUMNS` columns on a large factor.
         """
         if self.levels is None and self.symmetric:
             from manifoldmp.spectral.supernodal import LevelSolver

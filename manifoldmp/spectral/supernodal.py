@@ -3,10 +3,10 @@
 Why hand-written: SuperLU's solve (``scipy.sparse.linalg.splu(...).solve``) runs the
 triangular substitutions one right-hand side at a time, in one thread, holding the GIL. The
 block Lanczos eigensolver and the implicit heat steps solve blocks of 8 to 64 columns, so on
-a 100k-vertex mesh SuperLU reads its 2 x 4.9M factor entries once per column (9 ms per
-column). No library on PyPI solves with a SuperLU factor otherwise (MKL's sparse triangular
-solve through torch re-analyses the factor on every call, 19-88 ms per column; CHOLMOD
-through cholespy is real-only).
+a 100k-vertex mesh SuperLU reads its 2 x 4.9M factor entries once per column (7-9 ms per
+column real, 13 complex). No library on PyPI solves with a SuperLU factor otherwise
+(MKL's sparse triangular solve through torch re-analyses the factor on every call, 19-88 ms
+per column; CHOLMOD through cholespy is real-only).
 
 The method (level-scheduled *partitioned inverse*, Alvarado and Schreiber 1993, on
 supernodes as in Anderson and Saad 1989): consecutive columns of ``L`` whose structures
@@ -20,8 +20,8 @@ with ``B_l`` the level's rows of ``L`` outside the groups and ``D_l^-1`` the blo
 inverse of the groups' dense triangular diagonal blocks (computed once; a supernode's inverse
 block has the same pattern as the block). Both are sparse products on all columns at once
 (torch CSR, MKL on both cores, GIL released). The upper factor runs the same levels in
-reverse. A 100k-vertex torus has 57k groups on 29 levels: 3 ms per column at 8 columns,
-1.8 ms at 16 (SuperLU: 9 ms at any width).
+reverse. A 100k-vertex torus has 57k groups on 29 levels: 2-4.6 ms per column at 8-64
+columns real (SuperLU: 7 at any width), 9-11 ms complex (SuperLU: 13).
 
 The level order is checked against every entry of both factors, so a factor whose pattern
 does not fit (partial pivoting, an unsymmetric pattern) is refused and the caller keeps
