@@ -481,20 +481,24 @@ def _check_count(L: Any, mass: np.ndarray, lam: np.ndarray, perm: np.ndarray | N
 
 
 def _refine(apply_S: Any, Bmat: sp.csr_matrix, X: np.ndarray, s: np.ndarray,
-            rng: np.random.Generator, cols: np.ndarray | None = None
-            ) -> tuple[np.ndarray, np.ndarray]:
+            rng: np.random.Generator, cols: np.ndarray | None = None,
+            lam: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """One inverse-iteration sweep ``Y = S X`` of the Ritz vectors, then Rayleigh-Ritz with B.
 
     Parameters
     ----------
     X : (V, k) ndarray
-        Ritz vectors of the symmetric form ``B``.
+        Ritz vectors of the symmetric form ``B`` (the output of a Rayleigh-Ritz step).
     s : (V,) ndarray
         ``M^-1/2``; the returned eigenvectors are ``M``-orthonormal.
     cols : (m,) int ndarray, optional
         Sweep only these columns (the pairs above the tolerance); the others enter the
         Rayleigh-Ritz step as they are, so pairs already converged stay converged (the
         span still holds them) and the sweep costs ``m`` solves instead of ``k``.
+    lam : (k,) ndarray
+        With ``cols``: the Ritz values of ``X``. ``X^H B X = diag(lam)`` up to rounding of
+        the order of ``eps lam_k`` (``X`` comes out of a Rayleigh-Ritz step), so only the
+        products with the swept columns are formed: ``B`` on ``m`` columns instead of ``k``.
 
     Returns
     -------
@@ -503,15 +507,33 @@ def _refine(apply_S: Any, Bmat: sp.csr_matrix, X: np.ndarray, s: np.ndarray,
     """
     if cols is None:
         Y, _, _ = _orthonormalize(apply_S(X), None, rng)
-    else:  # X is orthonormal: only the swept columns need orthonormalizing, against the rest
-        rest = np.ones(X.shape[1], dtype=bool)
-        rest[cols] = False
-        Xk = np.asfortranarray(X[:, rest])
-        Z, _, _ = _orthonormalize(apply_S(np.asfortranarray(X[:, cols])), Xk, rng)
-        Y = np.concatenate([Xk, Z], axis=1)
-    H = _mm(Y, Bmat @ Y, adjoint=True)
-    lam, U = la.eigh(0.5 * (H + H.conj().T))
-    return lam, s[:, None] * _mm(Y, U)
+        H = _mm(Y, Bmat @ Y, adjoint=True)
+        lam, U = la.eigh(0.5 * (H + H.conj().T))
+        return lam, s[:, None] * _mm(Y, U)
+    if lam is None:
+        raise ParameterError("a partial sweep needs the Ritz values of X (lam)")
+    k = X.shape[1]
+    rest = np.ones(k, dtype=bool)
+    rest[cols] = False
+    Z = apply_S(np.asfortranarray(X[:, cols]))
+    Z /= np.linalg.norm(Z, axis=0)
+    for _ in range(2):  # CGS2 against the kept columns (coefficients of the swept ones zero)
+        C = _mm(X, Z, adjoint=True)
+        C[cols] = 0
+        Z -= _mm(X, C)
+    Z, _, _ = _orthonormalize(np.asfortranarray(Z), None, rng)
+    BZ = Bmat @ Z
+    r = int(rest.sum())
+    H = np.zeros((k, k), dtype=np.result_type(X, Z))
+    H[np.arange(r), np.arange(r)] = lam[rest]
+    H12 = _mm(X, BZ, adjoint=True)[rest]
+    H[:r, r:] = H12
+    H[r:, :r] = H12.conj().T
+    H[r:, r:] = Z.conj().T @ BZ
+    lam_new, U = la.eigh(0.5 * (H + H.conj().T))
+    Ufull = np.zeros((k, k), dtype=U.dtype)
+    Ufull[rest] = U[:r]
+    return lam_new, s[:, None] * (_mm(X, Ufull) + _mm(Z, U[r:]))
 
 
 def generalized_eigsh(L: Any, mass: Any, k: int, *, sigma: float | None = None,
@@ -768,7 +790,7 @@ def _block_lanczos(L: sp.csr_matrix, mass: np.ndarray, k: int, sigma: float | No
                     # are swept: 100k torus at eigsh's residual, 7 solves instead of 256.
                     sweeps += 1
                     lam_r, Phi_r = _refine(apply_S, Bmat, Phi / s[:, None], s, rng,
-                                           np.flatnonzero(res > tol))
+                                           np.flatnonzero(res > tol), lam)
                     res_r = residuals(L, mass, lam_r, Phi_r)
                     gain = achieved / max(float(np.max(res_r)), 1e-300)
                     log.debug("refinement sweep: residual %.1e -> %.1e", achieved,

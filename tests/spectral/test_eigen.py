@@ -239,7 +239,7 @@ def test_partial_refinement_sweeps_only_the_pairs_above_tol(sphere4: mmp.Surface
     X, _, _ = _orthonormalize(np.asfortranarray(X), None, rng)
     spoiled = residuals(L, m, np.real(np.sum(X.conj() * (B @ X), axis=0)), s[:, None] * X)
     assert spoiled[bad].min() > 1e-8
-    lam_p, Phi_p = _refine(apply_S, B, X, s, rng, bad)
+    lam_p, Phi_p = _refine(apply_S, B, X, s, rng, bad, res.eigenvalues)
     assert solved == [3]
     lam_f, Phi_f = _refine(apply_S, B, X, s, rng)
     r_p, r_f = residuals(L, m, lam_p, Phi_p), residuals(L, m, lam_f, Phi_f)
