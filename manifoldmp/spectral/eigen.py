@@ -208,14 +208,20 @@ class SparseFactor:
     """
 
     #: Multi-column solves build the level solver by themselves once this many columns went
-    #: through SuperLU (its set-up costs about 100 SuperLU columns: 0.9 s at 100k vertices)...
+    #: through SuperLU (its set-up costs about 100 SuperLU columns, 0.9 s at 100k vertices;
+    #: so the set-up at most doubles what a short job pays)... Twice as many for complex
+    #: factors, where the set-up costs about 130 columns (1.7 s) and gains less per column.
     AUTO_LEVEL_COLUMNS = 128
     #: ...on factors of at least this order (below, SuperLU's solves take well under a
     #: millisecond and the per-level overhead of the sparse products would dominate).
     AUTO_LEVEL_MIN_ORDER = 20_000
 
-    def __init__(self, lu: Any, perm: np.ndarray | None, symmetric: bool) -> None:
+    def __init__(self, lu: Any, perm: np.ndarray | None, symmetric: bool,
+                 dtype: Any = None) -> None:
         self.lu = lu
+        # the factor's dtype (SuperLU does not expose it; a solve of zeros tells)
+        self.dtype = np.dtype(dtype) if dtype is not None else \
+            np.asarray(lu.solve(np.zeros(lu.shape[0]))).dtype
         self.perm = perm
         self.symmetric = symmetric
         self.shape = lu.shape
@@ -241,10 +247,10 @@ class SparseFactor:
         """``A^-1 b`` for ``b : (V,) or (V, C)``."""
         b = np.asarray(b)
         if b.ndim == 2 and b.shape[1] > 1 and self.levels is None:
-            self._block_columns += b.shape[1]
-            if (self._block_columns >= self.AUTO_LEVEL_COLUMNS
-                    and self.shape[0] >= self.AUTO_LEVEL_MIN_ORDER):
+            due = self.AUTO_LEVEL_COLUMNS * (2 if self.dtype.kind == "c" else 1)
+            if self._block_columns >= due and self.shape[0] >= self.AUTO_LEVEL_MIN_ORDER:
                 self.prepare_block_solves()
+            self._block_columns += b.shape[1]
         if (self.levels and b.ndim == 2 and b.shape[1] > 1
                 and np.can_cast(b.dtype, self.levels.dtype)):  # complex b, real factor: SuperLU
             return self.levels.solve(b, self.perm)
@@ -297,13 +303,14 @@ def _factorize(A: sp.spmatrix, perm: np.ndarray | None = None) -> SparseFactor:
         lu = _symmetric_lu(A, perm)
         probe = lu.solve(np.ones(A.shape[0], dtype=A.dtype))
         if np.all(np.isfinite(probe)):
-            return SparseFactor(lu, perm, True)
+            return SparseFactor(lu, perm, True, A.dtype)
         reason = "non-finite solution"
     except RuntimeError as exc:  # exactly singular pivot
         reason = str(exc)
     log.info("symmetric-mode LU failed (%s); refactorizing with partial pivoting", reason)
     try:
-        return SparseFactor(sla.splu(sp.csc_matrix(A), permc_spec="COLAMD"), None, False)
+        return SparseFactor(sla.splu(sp.csc_matrix(A), permc_spec="COLAMD"), None, False,
+                            A.dtype)
     except RuntimeError as exc:
         raise EigenSolverError(
             f"the shifted matrix L - sigma M is singular to working precision ({exc}); "
