@@ -216,12 +216,9 @@ class SparseFactor:
     #: millisecond and the per-level overhead of the sparse products would dominate).
     AUTO_LEVEL_MIN_ORDER = 20_000
 
-    def __init__(self, lu: Any, perm: np.ndarray | None, symmetric: bool,
-                 dtype: Any = None) -> None:
+    def __init__(self, lu: Any, perm: np.ndarray | None, symmetric: bool, dtype: Any) -> None:
         self.lu = lu
-        # the factor's dtype (SuperLU does not expose it; a solve of zeros tells)
-        self.dtype = np.dtype(dtype) if dtype is not None else \
-            np.asarray(lu.solve(np.zeros(lu.shape[0]))).dtype
+        self.dtype = np.dtype(dtype)  # of the factored matrix (SuperLU does not expose it)
         self.perm = perm
         self.symmetric = symmetric
         self.shape = lu.shape
@@ -321,17 +318,16 @@ def _project_out(W: np.ndarray, Q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``(W - Q C, C)`` with ``C = Q^H W``; overwrites ``W`` when it is Fortran-ordered.
 
     Written for the shapes of a Krylov basis (``Q : (V, n)`` Fortran-ordered with ``V`` in the
-    hundred thousands, ``W : (V, b)`` with small ``b``): ``Q^T W`` through numpy (a conjugated
-    copy of ``Q`` would cost more than the product, and ``(W^H Q)^H`` hits a slow BLAS path),
-    the update through BLAS ``gemm`` in place (half the time of numpy's ``W - Q @ C``;
-    measured at V = 100k, n = 296, b = 8: 52 against 103 ms real, 104 against 223 complex).
+    hundred thousands, ``W : (V, b)`` with small ``b``). Real Fortran-ordered blocks go through
+    torch's gemm, the update in place (both cores while the eigensolver holds OpenBLAS to one
+    thread: 46 against 69 ms at V = 100k, n = 296, b = 8). Complex ones through numpy, where
+    torch's complex products are slower (295 against 178 ms): ``Q^T W`` (a conjugated copy of
+    ``Q`` would cost more than the product, and ``(W^H Q)^H`` hits a slow BLAS path), the
+    update through BLAS ``gemm`` in place (half the time of numpy's ``W - Q @ C``).
     """
     is_complex = np.iscomplexobj(Q)
     if (not is_complex and Q.flags.f_contiguous and W.flags.f_contiguous
             and W.dtype == Q.dtype):
-        # real: torch's gemm (both cores; OpenBLAS is held to one thread in the eigensolver),
-        # update in place: 46 against 69 ms at V = 100k, n = 296, b = 8. Complex stays with
-        # numpy below (torch's complex products here: 295 against 178 ms).
         Qt, Wt = torch.from_numpy(Q), torch.from_numpy(W)
         Ct = Qt.mT @ Wt
         torch.addmm(Wt, Qt, Ct, alpha=-1, out=Wt)

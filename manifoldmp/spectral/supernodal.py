@@ -36,7 +36,10 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
+import scipy.sparse.linalg as sla
 import torch
+
+from manifoldmp.errors import ParameterError
 
 __all__ = ["LevelSolver"]
 
@@ -211,8 +214,18 @@ class LevelSolver:
         lu : scipy.sparse.linalg.SuperLU
         pivots : (V,) ndarray, optional
             ``lu.U.diagonal()`` where the caller has it already (default: computed).
+
+        Raises
+        ------
+        ParameterError
+            ``lu`` is not a SuperLU factor, or ``pivots`` has the wrong shape.
         """
+        if not isinstance(lu, sla.SuperLU):
+            raise ParameterError(f"lu must be a scipy.sparse.linalg.SuperLU factor, got "
+                                 f"{type(lu).__name__}")
         V = lu.shape[0]
+        if pivots is not None and np.shape(pivots) != (V,):
+            raise ParameterError(f"pivots must have shape ({V},), got {np.shape(pivots)}")
         if V < 2 or not (np.array_equal(lu.perm_r, np.arange(V))
                          and np.array_equal(lu.perm_c, np.arange(V))):
             return None
@@ -304,9 +317,19 @@ class LevelSolver:
         ``b`` and the result are in the factor's numbering, or, with ``perm``, in the numbering
         of the original matrix ``A_orig = A[perm][:, perm]`` (one gather and one scatter for
         both permutations). Not thread-safe: calls share a workspace.
+
+        Raises
+        ------
+        ParameterError
+            ``b`` is not ``(V, C)`` or ``perm`` not ``(V,)``.
         """
-        idx = self._index(perm)
         b = np.asarray(b)
+        if b.ndim != 2 or b.shape[0] != self.shape[0]:
+            raise ParameterError(f"b must have shape ({self.shape[0]}, C), got {b.shape}")
+        if perm is not None and np.shape(perm) != (self.shape[0],):
+            raise ParameterError(f"perm must have shape ({self.shape[0]},), got "
+                                 f"{np.shape(perm)}")
+        idx = self._index(perm)
         if b.dtype != self.dtype:
             b = b.astype(self.dtype)
         # rows in the level order, gathered into a workspace kept between calls of one

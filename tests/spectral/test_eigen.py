@@ -267,3 +267,30 @@ def test_residuals_in_row_blocks_match_the_whole_array_formula(n: int) -> None:
     floor = max(1e-3 * 400.0, 4 * np.pi / m.sum())
     np.testing.assert_allclose(residuals(L, m, lam, Phi), ref / np.maximum(lam, floor),
                                rtol=1e-13)
+
+
+@pytest.mark.parametrize("is_complex", [False, True])
+@pytest.mark.parametrize("order", ["F", "C"])
+def test_projection_and_products_match_numpy(is_complex: bool, order: str) -> None:
+    # the fast paths of the orthogonalization (torch gemm in place for real Fortran blocks,
+    # BLAS gemm in place for complex ones, a plain fallback otherwise) and the torch dense
+    # products (adjoint, reversed views) against the obvious numpy formulas
+    from manifoldmp.spectral.eigen import _mm, _project_out
+
+    rng = np.random.default_rng(8)
+
+    def rand(*shape: int) -> np.ndarray:
+        A = rng.standard_normal(shape)
+        return A + 1j * rng.standard_normal(shape) if is_complex else A
+
+    Q = np.asfortranarray(la.qr(rand(500, 40), mode="economic")[0])
+    W0 = rand(500, 6)
+    W = np.asfortranarray(W0) if order == "F" else np.ascontiguousarray(W0)
+    out, C = _project_out(W, Q)
+    np.testing.assert_allclose(C, Q.conj().T @ W0, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(out, W0 - Q @ (Q.conj().T @ W0), rtol=0, atol=1e-12)
+    if order == "F":
+        assert np.shares_memory(out, W)  # overwritten in place, as documented
+    Y = rand(40, 7)[:, ::-1]  # a reversed view (negative stride)
+    np.testing.assert_allclose(_mm(Q, Y), Q @ Y, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(_mm(Q, W0, adjoint=True), Q.conj().T @ W0, rtol=0, atol=1e-12)

@@ -160,3 +160,23 @@ def test_a_deep_elimination_tree_is_refused() -> None:
     B = _rhs(V, 3, 0, seed=7)
     np.testing.assert_allclose(nd.solve(B), np.linalg.solve(A.toarray(), B), rtol=0,
                                atol=1e-12)
+
+
+def test_bad_arguments_get_clear_errors() -> None:
+    from manifoldmp.errors import ParameterError
+
+    S = mmp.meshes.torus(n_major=20, n_minor=10)
+    f = _factorize(_system(S, 0, 1.0))
+    with pytest.raises(ParameterError, match="SuperLU"):
+        LevelSolver.from_superlu(f.lu.L)
+    with pytest.raises(ParameterError, match="pivots"):
+        LevelSolver.from_superlu(f.lu, np.ones(3))
+    solver = LevelSolver.from_superlu(f.lu)
+    V = S.n_vertices
+    with pytest.raises(ParameterError, match=rf"\({V}, C\)"):
+        solver.solve(np.ones(V))
+    with pytest.raises(ParameterError, match=rf"\({V}, C\)"):
+        solver.solve(np.ones((V + 1, 2)))
+    with pytest.raises(ParameterError, match="perm"):
+        solver.solve(np.ones((V, 2)), np.arange(V - 1))
+    assert issubclass(ParameterError, ValueError)
