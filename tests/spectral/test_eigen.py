@@ -272,9 +272,9 @@ def test_residuals_in_row_blocks_match_the_whole_array_formula(n: int) -> None:
 @pytest.mark.parametrize("is_complex", [False, True])
 @pytest.mark.parametrize("order", ["F", "C"])
 def test_projection_and_products_match_numpy(is_complex: bool, order: str) -> None:
-    # the fast paths of the orthogonalization (torch gemm in place for real Fortran blocks,
-    # BLAS gemm in place for complex ones, a plain fallback otherwise) and the torch dense
-    # products (adjoint, reversed views) against the obvious numpy formulas
+    # the fast paths of the orthogonalization (torch gemm in place for Fortran blocks, numpy
+    # for C-ordered ones) and the torch dense products (adjoint with a thin or a wide right
+    # factor, reversed views) against the obvious numpy formulas
     from manifoldmp.spectral.eigen import _mm, _project_out
 
     rng = np.random.default_rng(8)
@@ -294,3 +294,7 @@ def test_projection_and_products_match_numpy(is_complex: bool, order: str) -> No
     Y = rand(40, 7)[:, ::-1]  # a reversed view (negative stride)
     np.testing.assert_allclose(_mm(Q, Y), Q @ Y, rtol=0, atol=1e-12)
     np.testing.assert_allclose(_mm(Q, W0, adjoint=True), Q.conj().T @ W0, rtol=0, atol=1e-12)
+    wide = rand(500, 30)  # 2 * 30 > 40 columns of Q: the direct product, not (B^H A)^H
+    np.testing.assert_allclose(_mm(Q, wide, adjoint=True), Q.conj().T @ wide, rtol=0,
+                               atol=1e-12)
+    np.testing.assert_allclose(_mm(W, Q, adjoint=True), W.conj().T @ Q, rtol=0, atol=1e-12)
