@@ -298,3 +298,31 @@ def test_projection_and_products_match_numpy(is_complex: bool, order: str) -> No
     np.testing.assert_allclose(_mm(Q, wide, adjoint=True), Q.conj().T @ wide, rtol=0,
                                atol=1e-12)
     np.testing.assert_allclose(_mm(W, Q, adjoint=True), W.conj().T @ Q, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("is_complex", [False, True])
+@pytest.mark.parametrize("order", ["F", "C"])
+@pytest.mark.parametrize("b", [6, 40])
+def test_orthonormalize_identity(is_complex: bool, order: str, b: int) -> None:
+    # W_in = Q C + W_out R with W_out orthonormal and orthogonal to Q, for the thin blocks
+    # (torch products leaving a Fortran-ordered block) and the Rayleigh-Ritz-sized ones, with a
+    # local pass; a rank-deficient block gets random directions and zero rows in R
+    from manifoldmp.spectral.eigen import _orthonormalize
+
+    rng = np.random.default_rng(12)
+
+    def rand(*shape: int) -> np.ndarray:
+        A = rng.standard_normal(shape)
+        return A + 1j * rng.standard_normal(shape) if is_complex else A
+
+    V = 3000
+    Q = np.asfortranarray(la.qr(rand(V, 50), mode="economic")[0])
+    W0 = rand(V, b)
+    W0[:, 1] = W0[:, 0] * 2.0 + Q[:, :3] @ rand(3)  # rank loss once Q is projected out
+    W = np.asfortranarray(W0) if order == "F" else np.ascontiguousarray(W0)
+    Wo, C, R = _orthonormalize(W, Q, rng, local=40)
+    eye = np.eye(b)
+    np.testing.assert_allclose(Wo.conj().T @ Wo, eye, rtol=0, atol=1e-13)
+    np.testing.assert_allclose(Q.conj().T @ Wo, 0, rtol=0, atol=1e-13)
+    np.testing.assert_allclose(Q @ C + Wo @ R, W0, rtol=0, atol=1e-11 * np.abs(W0).max())
+    assert np.sum(np.all(R == 0, axis=1)) == 1  # the dependent column was replaced
