@@ -403,13 +403,8 @@ def _orthonormalize(W: np.ndarray, Q: np.ndarray | None,
             after = _frobenius(W)
             if after < 0.7071 * before:  # cancellation: measure the full pass against this
                 before = after
-        for _ in range(3):
-            W, Cf = _project_out(W, Q)
-            C += Cf
-            after = _frobenius(W)
-            if after >= 0.7071 * before:  # DGKS criterion: no cancellation, done
-                break
-            before = after
+        W, Cf = _full_passes(W, Q, before)
+        C += Cf
     b = W.shape[1]
     R = np.eye(b, dtype=W.dtype)
     big = b >= 32  # Rayleigh-Ritz blocks: compute-bound, through torch
@@ -486,18 +481,22 @@ def _rank_revealing(W: np.ndarray, R: np.ndarray, Q: np.ndarray | None, C: np.nd
     return np.asfortranarray(Qn), Rn @ R, C
 
 
-def _full_passes(W: np.ndarray, Q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _full_passes(W: np.ndarray, Q: np.ndarray, before: float | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
     """Classical Gram-Schmidt passes of ``W`` against ``Q``, repeated while they cancel (DGKS).
 
-    Returns ``(W_orth, C)`` with ``W_in = Q C + W_orth``.
+    ``before``: the norm the first pass is measured against (default ``||W||``; after a
+    local pass that cancelled, the norm it left). Returns ``(W_orth, C)`` with
+    ``W_in = Q C + W_orth``.
     """
     C = np.zeros((Q.shape[1], W.shape[1]), dtype=np.result_type(W, Q))
-    before = _frobenius(W)
+    if before is None:
+        before = _frobenius(W)
     for _ in range(3):
         W, Cf = _project_out(W, Q)
         C += Cf
         after = _frobenius(W)
-        if after >= 0.7071 * before:
+        if after >= 0.7071 * before:  # DGKS criterion: no cancellation, done
             break
         before = after
     return W, C
