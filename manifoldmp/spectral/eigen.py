@@ -395,6 +395,28 @@ def _top_eigh(T: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
     return w[n - m:][::-1].copy(), np.ascontiguousarray(U[:, n - m:][:, ::-1])
 
 
+def _rotate(A: np.ndarray, B: np.ndarray, rows: int = 4096) -> np.ndarray:
+    """``A[:, :m] = A @ B`` in place, for ``B : (n, m)`` with ``m <= n`` and ``A : (V, n)``.
+
+    Row blocks of ``rows`` go through torch's gemm into one small buffer and are copied back,
+    so the product needs no ``(V, m)`` temporary (a fresh one is paged in on every restart)
+    and no full-size copy. V = 100k, a restart's ``(V, 288) @ (288, 176)``: 119 against
+    255-284 ms real, 470 against 600-650 ms complex. Returns the view ``A[:, :m]``.
+    """
+    V, n = A.shape
+    m = B.shape[1]
+    if B.shape[0] != n or m > n:  # pragma: no cover - internal use only
+        raise ValueError(f"cannot rotate a (V, {n}) block by a {B.shape} matrix in place")
+    At, Bt = torch.from_numpy(A), torch.from_numpy(np.ascontiguousarray(B, dtype=A.dtype))
+    buf = torch.empty((m, min(rows, V)), dtype=At.dtype).mT  # Fortran-ordered (rows, m)
+    for a in range(0, V, rows):
+        e = min(a + rows, V)
+        out = buf[: e - a]
+        torch.mm(At[a:e], Bt, out=out)
+        At[a:e, :m] = out
+    return A[:, :m]
+
+
 def _frobenius(W: np.ndarray) -> float:
     """Frobenius norm through one BLAS dot of the memory (no temporaries; 2D norms allocate)."""
     return float(np.linalg.norm(W.ravel(order="K")))
@@ -886,7 +908,8 @@ def _block_lanczos(L: sp.csr_matrix, mass: np.ndarray, k: int, sigma: float | No
                 # Rayleigh-Ritz with B on the Ritz vectors settles degenerate clusters exactly
                 H = _mm(Xr, Bmat @ Xr, adjoint=True)
                 lam, U = la.eigh(0.5 * (H + H.conj().T))
-                Phi = s[:, None] * _mm(Xr, U)
+                X = _rotate(Xr, U)  # the B-Ritz vectors, unscaled (X = Phi / s)
+                Phi = s[:, None] * X
                 res = residuals(L, mass, lam, Phi)
                 achieved = float(np.max(res))
                 gain = np.inf
@@ -898,7 +921,7 @@ def _block_lanczos(L: sp.csr_matrix, mass: np.ndarray, k: int, sigma: float | No
                     # 3e-12) where more Lanczos steps would not. Only the pairs above tol
                     # are swept: 100k torus at eigsh's residual, 7 solves instead of 256.
                     sweeps += 1
-                    lam_r, Phi_r = _refine(apply_S, Bmat, Phi / s[:, None], s, rng,
+                    lam_r, Phi_r = _refine(apply_S, Bmat, X, s, rng,
                                            np.flatnonzero(res > tol), lam)
                     res_r = residuals(L, mass, lam_r, Phi_r)
                     gain = achieved / max(float(np.max(res_r)), 1e-300)
@@ -906,6 +929,7 @@ def _block_lanczos(L: sp.csr_matrix, mass: np.ndarray, k: int, sigma: float | No
                               float(np.max(res_r)))
                     if gain > 1.0:
                         lam, Phi, res, achieved = lam_r, Phi_r, res_r, float(np.max(res_r))
+                        X = Phi / s[:, None]
                 if achieved < kept[3]:
                     kept = (lam, Phi, res, achieved)
                 if achieved <= tol:
@@ -931,9 +955,8 @@ def _block_lanczos(L: sp.csr_matrix, mass: np.ndarray, k: int, sigma: float | No
                     f"({n_solves} solves): worst relative residual {worst:.2e} > tol {tol:.1e}")
             log.debug("restart %d: worst residual %.2e, %d solves", restarts, worst, n_solves)
             Yk = Yw[:, :keep]
-            Xk = _mm(Q[:, :nq], Yk)
             coupling = Rlast @ Yk[start:nq, :]            # (b, keep)
-            Q[:, :keep] = Xk
+            _rotate(Q[:, :nq], Yk)                        # Q[:, :keep] = Q Yk
             Q[:, keep:keep + nb] = Wo
             T[:] = 0
             T[np.arange(keep), np.arange(keep)] = theta[:keep]
