@@ -23,7 +23,8 @@ Both competitors run in this process on the same matrices:
   its ``solve`` (what a user writes by hand), and against ours held to SuperLU's solve.
 
 Usage: ``python benchmarks/bench_heat.py [--n-major 400 --n-minor 250] [--channels 64]
-[--t 1e-3] [--rtol 1e-6] [--k 128] [--repeat 2] [--skip-eigen] [--skip-krylov] [--implicit]``.
+[--t 1e-3] [--rtol 1e-6] [--k 128] [--repeat 2] [--meshes FILE ...] [--skip-eigen]
+[--skip-krylov] [--implicit]``.
 """
 
 from __future__ import annotations
@@ -90,6 +91,11 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=2,
                     help="eigenpair runs of each solver; the best is reported (the first run of "
                          "a process pays for memory the operating system has not mapped yet)")
+    ap.add_argument("--meshes", nargs="*", default=[], metavar="FILE",
+                    help="mesh files on which to compare eigenpairs as well (after the torus), "
+                         "e.g. dataset-sized scans")
+    ap.add_argument("--skip-torus-eigen", action="store_true",
+                    help="compare eigenpairs on the --meshes files only")
     ap.add_argument("--skip-eigen", action="store_true")
     ap.add_argument("--skip-krylov", action="store_true")
     ap.add_argument("--implicit", action="store_true",
@@ -140,46 +146,53 @@ def main() -> None:
                   f"(err {rel(loose):.1e}) -> {t_loose / t_m:.1f}x")
 
     if not args.skip_eigen:
-        Mmat = sp.diags(m).tocsc()
         # warm-up of both on a small torus (library loading, thread pools; no shared state)
         Sw = mmp.meshes.torus(n_major=60, n_minor=30)
         for n in (0, 1):
             Lw = mmp.connection_laplacian(Sw, n)
             generalized_eigsh(Lw, Sw.vertex_areas, 16)
             sla.eigsh(Lw.tocsc(), k=16, M=sp.diags(Sw.vertex_areas).tocsc(), sigma=-1e-8)
-        for n in (0, 1):
-            L = mmp.connection_laplacian(S, n)
-            res, t_ours, all_ours = best_of(lambda L=L: generalized_eigsh(L, m, args.k),
-                                            args.repeat)
-            (ev, vec), t_scipy, all_scipy = best_of(
-                lambda L=L: sla.eigsh(L.tocsc(), k=args.k, M=Mmat, sigma=-1e-8), args.repeat)
-            r_ours = float(res.residuals.max())
-            r_scipy = float(residuals(L, m, np.real(ev), vec).max())
-            same = float(np.max(np.abs(np.sort(np.real(ev)) - res.eigenvalues)
-                                / np.maximum(np.abs(res.eigenvalues), 1e-3)))
-            out[f"eigen_n{n}"] = {"k": args.k, "ours_s": t_ours, "scipy_s": t_scipy,
-                                  "ratio": t_scipy / t_ours, "ours_max_residual": r_ours,
-                                  "scipy_max_residual": r_scipy, "solves": res.n_solves,
-                                  "max_eigenvalue_difference": same,
-                                  "ours_runs_s": all_ours, "scipy_runs_s": all_scipy}
-            print(f"eigen   n={n}, k={args.k}: ours {t_ours:.1f} s ({res.n_solves} solves, "
-                  f"residual {r_ours:.1e}), eigsh {t_scipy:.1f} s (residual {r_scipy:.1e}) "
-                  f"-> {t_scipy / t_ours:.2f}x; eigenvalues agree to {same:.1e}; runs "
-                  f"{', '.join(f'{x:.1f}' for x in all_ours)} / "
-                  f"{', '.join(f'{x:.1f}' for x in all_scipy)} s")
-            if r_scipy < r_ours:   # equal residual: ours asked for what eigsh reached
-                eq, t_eq, all_eq = best_of(
-                    lambda L=L, r=r_scipy: generalized_eigsh(L, m, args.k, tol=r), args.repeat)
-                r_eq = float(eq.residuals.max())
-                out[f"eigen_n{n}"].update(ours_equal_residual_s=t_eq,
-                                          ours_equal_residual=r_eq,
-                                          ratio_equal_residual=t_scipy / t_eq,
-                                          ours_equal_residual_runs_s=all_eq)
-                print(f"        at eigsh's residual: ours {t_eq:.1f} s ({eq.n_solves} solves, "
-                      f"residual {r_eq:.1e}) -> {t_scipy / t_eq:.2f}x")
+        targets = [] if args.skip_torus_eigen else [("torus", S)]
+        targets += [(Path(f).name, mmp.Surface.load(f)) for f in args.meshes]
+        for name, Se in targets:
+            for n in (0, 1):
+                key = f"eigen_n{n}" if name == "torus" else f"eigen_{Path(name).stem}_n{n}"
+                out[key] = bench_eigen(name, Se, n, args.k, args.repeat)
     if args.implicit:
         out["implicit"] = bench_implicit(S, args.channels, args.t)
     print("wrote", write_json("heat", out))
+
+
+def bench_eigen(name: str, S: mmp.Surface, n: int, k: int, repeat: int) -> dict:
+    """``k`` eigenpairs of ``(L_n, M)``: ours against ``eigsh``, then ours at eigsh's residual."""
+    L = mmp.connection_laplacian(S, n)
+    m = S.vertex_areas
+    Mmat = sp.diags(m).tocsc()
+    res, t_ours, all_ours = best_of(lambda: generalized_eigsh(L, m, k), repeat)
+    (ev, vec), t_scipy, all_scipy = best_of(
+        lambda: sla.eigsh(L.tocsc(), k=k, M=Mmat, sigma=-1e-8), repeat)
+    r_ours = float(res.residuals.max())
+    r_scipy = float(residuals(L, m, np.real(ev), vec).max())
+    same = float(np.max(np.abs(np.sort(np.real(ev)) - res.eigenvalues)
+                        / np.maximum(np.abs(res.eigenvalues), 1e-3)))
+    out = {"mesh": name, "V": S.n_vertices, "k": k, "ours_s": t_ours, "scipy_s": t_scipy,
+           "ratio": t_scipy / t_ours, "ours_max_residual": r_ours,
+           "scipy_max_residual": r_scipy, "solves": res.n_solves,
+           "max_eigenvalue_difference": same, "ours_runs_s": all_ours,
+           "scipy_runs_s": all_scipy}
+    print(f"eigen   {name} (V = {S.n_vertices}) n={n}, k={k}: ours {t_ours:.2f} s "
+          f"({res.n_solves} solves, residual {r_ours:.1e}), eigsh {t_scipy:.2f} s (residual "
+          f"{r_scipy:.1e}) -> {t_scipy / t_ours:.2f}x; eigenvalues agree to {same:.1e}; runs "
+          f"{', '.join(f'{x:.2f}' for x in all_ours)} / "
+          f"{', '.join(f'{x:.2f}' for x in all_scipy)} s", flush=True)
+    if r_scipy < r_ours:   # equal residual: ours asked for what eigsh reached
+        eq, t_eq, all_eq = best_of(lambda: generalized_eigsh(L, m, k, tol=r_scipy), repeat)
+        r_eq = float(eq.residuals.max())
+        out.update(ours_equal_residual_s=t_eq, ours_equal_residual=r_eq,
+                   ratio_equal_residual=t_scipy / t_eq, ours_equal_residual_runs_s=all_eq)
+        print(f"        at eigsh's residual: ours {t_eq:.2f} s ({eq.n_solves} solves, "
+              f"residual {r_eq:.1e}) -> {t_scipy / t_eq:.2f}x", flush=True)
+    return out
 
 
 def bench_implicit(S: mmp.Surface, channels: int, t: float, steps: int = 4) -> dict:

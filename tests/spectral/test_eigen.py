@@ -178,6 +178,33 @@ def test_bad_arguments(sphere4: mmp.Surface) -> None:
         generalized_eigsh(L, m, 30, block_size=2, max_basis=34, max_restarts=0)
 
 
+@pytest.mark.parametrize("n", [0, 1])
+def test_indefinite_operator_gives_the_algebraically_smallest(sphere4: mmp.Surface, n: int,
+                                                            caplog: pytest.LogCaptureFixture
+                                                            ) -> None:
+    # Three strongly negative diagonal entries (what bad triangles do to a connection
+    # Laplacian, localized): eigenvalues near -6.5 / m_j ~ -1300, far below lambda_20 ~ 20.
+    m = sphere4.vertex_areas
+    L = mmp.connection_laplacian(sphere4, n)
+    d = np.zeros(L.shape[0])
+    d[[7, 900, 2000]] = -10.0
+    L = (L + sp.diags(d)).tocsr()
+    ref = la.eigh(L.toarray(), np.diag(m), subset_by_index=[0, 19], eigvals_only=True)
+    assert np.sum(ref < 0) == 3
+    with caplog.at_level("WARNING", logger="manifoldmp.spectral.eigen"):
+        res = generalized_eigsh(L, m, 20)   # 3 below the shift, fewer than k: shift kept
+    assert "returned with the smallest ones above it" in caplog.text
+    np.testing.assert_allclose(res.eigenvalues, ref, rtol=0, atol=1e-8 * np.abs(ref).max())
+    assert res.residuals.max() < 1e-9
+    Phi = res.eigenvectors
+    np.testing.assert_allclose(Phi.conj().T @ (m[:, None] * Phi), np.eye(20), atol=1e-10)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="manifoldmp.spectral.eigen"):
+        two = generalized_eigsh(L, m, 2)    # as many below as wanted: shift moved below them
+    assert "moving the shift below the spectrum" in caplog.text
+    np.testing.assert_allclose(two.eigenvalues, ref[:2], rtol=1e-10)
+
+
 # Cases over 30 s on two cores run only in the full suite: the type-1 connection Laplacian of
 # the face range scan is indefinite (29 negative eigenvalues down to -6.8 from its negative
 # cotan weights; about a minute), and the 200k-vertex koala takes 25-40 s per type.
