@@ -302,7 +302,7 @@ def test_projection_and_products_match_numpy(is_complex: bool, order: str) -> No
     # the fast paths of the orthogonalization (torch gemm in place for Fortran blocks, numpy
     # for C-ordered ones) and the torch dense products (adjoint with a thin or a wide right
     # factor, reversed views) against the obvious numpy formulas
-    from manifoldmp.spectral.eigen import _mm, _project_out
+    from manifoldmp.spectral.eigen import _mm, _project_out, _rotate
 
     rng = np.random.default_rng(8)
 
@@ -325,6 +325,48 @@ def test_projection_and_products_match_numpy(is_complex: bool, order: str) -> No
     np.testing.assert_allclose(_mm(Q, wide, adjoint=True), Q.conj().T @ wide, rtol=0,
                                atol=1e-12)
     np.testing.assert_allclose(_mm(W, Q, adjoint=True), W.conj().T @ Q, rtol=0, atol=1e-12)
+    # in-place rotation by row blocks (a last block shorter than the others), into the first
+    # columns of the same array
+    A0 = rand(500, 40)
+    A = np.array(A0, order=order)   # a copy: A0 stays the reference
+    B = rand(40, 25)
+    out = _rotate(A, B, rows=64)
+    assert np.shares_memory(out, A) and out.shape == (500, 25)
+    np.testing.assert_allclose(out, A0 @ B, rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(A[:, 25:], A0[:, 25:])  # the other columns are untouched
+
+
+def test_check_schedule_follows_the_residual_trend() -> None:
+    from manifoldmp.spectral.eigen import _next_check
+
+    b, every = 8, 16
+    assert _next_check(144, 20.0, (0, np.inf), 1e-11, b, every) == 32      # no trend yet
+    assert _next_check(176, 30.0, (144, 20.0), 1e-11, b, every) == 32      # not falling
+    # a decade per 16 columns, 4 decades to go: 0.7 * 64 = 44.8 -> 48 columns
+    assert _next_check(232, 1e-7, (216, 1e-6), 1e-11, b, every) == 48
+    assert _next_check(232, 2e-11, (216, 2e-10), 1e-11, b, every) == b     # at least a block
+    assert _next_check(232, 1e-2, (216, 1.1e-2), 1e-11, b, every) == 4 * every   # capped
+    assert _next_check(232, 1e-12, (216, 1e-10), 1e-11, b, every) == b    # already there
+
+
+def test_ritz_selection_with_negative_values() -> None:
+    # wanted order of the Lanczos Ritz pairs: lambda = sigma + 1 / theta ascending, i.e. the
+    # negative theta (lambda below sigma) from the one nearest zero, then the largest positive
+    from manifoldmp.spectral.eigen import _ritz
+
+    rng = np.random.default_rng(3)
+    w = np.array([-5.0, -0.5, 1e-3, 0.2, 1.0, 3.0, 40.0])
+    U = la.qr(rng.standard_normal((7, 7)))[0]
+    T = (U * w) @ U.T
+    theta, Y, neg = _ritz(T.copy(), 5, n_neg=2)
+    np.testing.assert_allclose(theta, [-0.5, -5.0, 40.0, 3.0, 1.0], rtol=1e-12)
+    assert neg == 2
+    sigma = 0.01
+    assert np.all(np.diff(sigma + 1.0 / theta) > 0)
+    np.testing.assert_allclose(T @ Y, Y * theta, rtol=0, atol=1e-12)
+    theta0, _, neg0 = _ritz(T.copy(), 3)   # no wanted negatives: the three largest
+    np.testing.assert_allclose(theta0, [40.0, 3.0, 1.0], rtol=1e-12)
+    assert neg0 == 0
 
 
 @pytest.mark.parametrize("is_complex", [False, True])
