@@ -723,9 +723,12 @@ def generalized_eigsh(L: Any, mass: Any, k: int, *, sigma: float | None = None,
         Number of eigenpairs, ``1 <= k <= V``.
     sigma : float, optional
         Shift, below the wanted eigenvalues. Default: ``-0.01 * 4 pi / area`` (one percent of
-        the first nonzero eigenvalue predicted by Weyl's law), lowered tenfold at a time while
-        the inertia of ``L - sigma M`` shows eigenvalues below it (indefinite ``L`` from negative
-        cotan weights), so that the ``k`` algebraically smallest pairs are returned.
+        the first nonzero eigenvalue predicted by Weyl's law), and the ``k`` algebraically
+        smallest pairs are returned also when ``L`` is indefinite (negative cotan weights):
+        the inertia of ``L - sigma M`` counts the eigenvalues below the shift; fewer than ``k``
+        are found as the negative Ritz values of the shift-inverted operator, beside the
+        smallest ones above it; with ``k`` or more the shift is lowered tenfold at a time
+        until none is left below it.
     tol : float
         Stopping rule: every returned pair satisfies
         ``||L phi - lambda M phi||_{M^-1} <= tol * max(|lambda|, floor)`` (:func:`residuals`).
