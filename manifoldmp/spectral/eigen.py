@@ -632,7 +632,7 @@ def _next_check(nq: int, worst: float, last: tuple[int, float], target: float, b
         return 2 * every
     if worst <= target:
         return b
-    rate = np.log(worst_prev / worst) / (nq - nq_prev)   # decades (base e) per column
+    rate = np.log(worst_prev / worst) / (nq - nq_prev)   # natural-log units per column
     need = 0.7 * np.log(worst / target) / rate
     steps = int(np.ceil(min(max(need, b), 4 * every) / b))
     return steps * b
@@ -940,7 +940,8 @@ def _block_lanczos(L: sp.csr_matrix, mass: np.ndarray, k: int, sigma: float | No
             lo, start, nq = start, nq, nq + nb
             continue
         next_check = nq + check_every
-        # Ritz pairs of S on span(Q[:, :nq]): the largest theta are the smallest lambda
+        # Ritz pairs of S on span(Q[:, :nq]), wanted ones first (lambda = sigma + 1 / theta
+        # ascending: the negative theta, if any are wanted, then the largest positive ones)
         Tm = 0.5 * (T[:nq, :nq] + T[:nq, :nq].conj().T)
         nw = min(nq, keep)
         theta, Y, got_neg = _ritz(Tm, nw, n_neg)
