@@ -41,6 +41,7 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -50,9 +51,11 @@ import torch
 from manifoldmp.errors import ManifoldmpError, ParameterError
 from manifoldmp.mesh.validate import validate_int, validate_positive
 from manifoldmp.operators.sparse import column_real_dot
+from manifoldmp.spectral.fused import FusedOperator, FusedRecurrence
 
 __all__ = ["FLOAT32_ACCURACY", "ChebyshevInfo", "ChebyshevNotConverged", "chebyshev_coefficients",
-           "chebyshev_degree", "chebyshev_expm", "gershgorin_bound", "stacked_real"]
+           "chebyshev_degree", "chebyshev_expm", "chebyshev_expm_fused", "gershgorin_bound",
+           "stacked_real"]
 
 log = logging.getLogger(__name__)
 
@@ -234,40 +237,126 @@ def chebyshev_expm(step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], z
     if not isinstance(t, torch.Tensor) or t.numel() != C:
         raise ParameterError(f"t must be a tensor with one time per column ({C}), got "
                              f"{getattr(t, 'shape', type(t).__name__)}")
+    real = torch.float32 if z.dtype in (torch.float32, torch.complex64) else torch.float64
+    engine = _TorchRecurrence(step, first, z, real)
+    tail, info = _expand(engine, t.detach().cpu().numpy(), bound, tol, max_degree,
+                         float(torch.finfo(real).eps))
+    return engine.result(tail), info
+
+
+def chebyshev_expm_fused(op: FusedOperator, x: np.ndarray, scale: np.ndarray, t: np.ndarray,
+                         bound: float, *, tol: float = 1e-10, max_degree: int = 20000,
+                         threads: int | None = None) -> tuple[np.ndarray, ChebyshevInfo]:
+    """``M^-1/2 exp(-t_c B) M^1/2 x_c`` by the fused CPU kernels (:mod:`~.fused`).
+
+    The same expansion, degree rule and bound as :func:`chebyshev_expm`, two degrees per pass
+    over memory.
+
+    Parameters
+    ----------
+    op : FusedOperator
+        ``S = (4 / b) B - 2 I``, reordered.
+    x : (V, C) ndarray
+        Real or complex (complex for a complex ``op``), of ``op``'s precision.
+    scale : (V,) ndarray
+        ``sqrt(m_i)``.
+    t : (C,) ndarray
+        Non-negative times.
+    bound, tol, max_degree
+        As in :func:`chebyshev_expm`.
+    threads : int, optional
+        Row ranges run in parallel (default: torch's thread count).
+
+    Returns
+    -------
+    y : (V, C) ndarray
+        Same dtype as ``x``.
+    info : ChebyshevInfo
+    """
+    x = np.asarray(x)
+    if x.ndim != 2:
+        raise ParameterError(f"x must be a (V, C) array, got shape {x.shape}")
+    t = np.asarray(t, dtype=np.float64).reshape(-1)
+    if t.size != x.shape[1]:
+        raise ParameterError(f"t must have one time per column ({x.shape[1]}), got {t.size}")
+    engine = FusedRecurrence(op, np.ascontiguousarray(x), scale, threads)
+    tail, info = _expand(engine, t, bound, tol, max_degree, float(np.finfo(op.dtype).eps))
+    return engine.result(tail), info
+
+
+class _TorchRecurrence:
+    """The recurrence through a torch ``step`` callable (any device).
+
+    The interface is :class:`~manifoldmp.spectral.fused.FusedRecurrence`'s.
+    """
+
+    def __init__(self, step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                 first: Callable[[torch.Tensor], torch.Tensor] | None, z: torch.Tensor,
+                 real: torch.dtype) -> None:
+        self.step, self.first, self.z, self.real = step, first, z, real
+        self.work = None if z.device.type == "cpu" else torch.empty(   # see column_real_dot
+            z.shape[0], z.shape[1] * (2 if z.is_complex() else 1), dtype=real, device=z.device)
+        self.y: torch.Tensor | None = None
+        self.prev: torch.Tensor | None = None
+        self.cur = z
+        self.done = 0
+
+    def _norms(self, a: torch.Tensor) -> np.ndarray:
+        out = column_real_dot(a, a, workspace=self.work).sqrt_()
+        return out.cpu().numpy().astype(np.float64)
+
+    def input_norms(self) -> np.ndarray:
+        return self._norms(self.z)
+
+    def output_norms(self) -> np.ndarray:
+        return self._norms(self.y)
+
+    def advance(self, degree: int, coef: np.ndarray) -> None:
+        z, step = self.z, self.step
+        ct = torch.as_tensor(coef[: degree + 1], dtype=self.real, device=z.device).to(z.dtype)
+        if self.y is None:
+            self.y = z * ct[0][None, :]
+        for k in range(self.done + 1, degree + 1):
+            if k == 1:
+                nxt = self.first(z) if self.first is not None else \
+                    0.5 * step(z, torch.zeros_like(z))
+            elif k == 2:
+                nxt = step(self.cur, z.clone())   # y_2 = S y_1 - y_0, into a copy of z
+            else:
+                nxt = step(self.cur, self.prev)   # y_k = S y_{k-1} - y_{k-2}, into y_{k-2}
+            self.y.addcmul_(nxt, ct[k][None, :])
+            self.prev, self.cur = self.cur, nxt
+        self.done = max(self.done, degree)
+
+    def result(self, tail: np.ndarray) -> torch.Tensor:
+        z = self.z
+        self.y.addcmul_(z, torch.as_tensor(tail, dtype=self.real, device=z.device).to(z.dtype)
+                        [None, :])
+        return self.y
+
+
+def _expand(engine: Any, t: np.ndarray, bound: float, tol: float, max_degree: int,
+            eps: float) -> tuple[np.ndarray, ChebyshevInfo]:
+    """Degree rule and bound of :func:`chebyshev_expm` on a recurrence ``engine``.
+
+    Returns the tail to add to the constant term (``tail_m`` per column) and the info.
+    """
     bound = validate_positive(bound, "bound")
     tol = validate_positive(tol, "tol")
     max_degree = validate_int(max_degree, "max_degree", minimum=0)
-    real = torch.float32 if z.dtype in (torch.float32, torch.complex64) else torch.float64
-    eps = float(torch.finfo(real).eps)
-    w = _check_w(0.5 * bound * t.detach().cpu().numpy().astype(np.float64).reshape(C))
-    work = None if z.device.type == "cpu" else torch.empty(   # see column_real_dot
-        z.shape[0], C * (2 if z.is_complex() else 1), dtype=real, device=z.device)
-    znorm = column_real_dot(z, z, workspace=work).sqrt_().cpu().numpy().astype(np.float64)
-
+    C = t.size
+    w = _check_w(0.5 * bound * t.astype(np.float64).reshape(C))
+    znorm = engine.input_norms()
     coef, tail = _all_coefficients(w, max_degree)     # computed once per call
     degree = _first_degree(tail, tol, eps)
     if degree is None:
         raise ChebyshevNotConverged(
             f"the Chebyshev degree for tol={tol:.1e} at t b = {2 * float(w.max()):.3g} exceeds "
             f"max_degree={max_degree}; use the Lanczos, spectral or implicit method")
-    ct = torch.as_tensor(coef, dtype=real, device=z.device).to(z.dtype)   # (n + 1, C)
-    y = z * ct[0][None, :]
-    done = 0
-    prev: torch.Tensor | None = None
-    cur = z
     while True:
-        for k in range(done + 1, degree + 1):
-            if k == 1:
-                nxt = first(z) if first is not None else 0.5 * step(z, torch.zeros_like(z))
-            elif k == 2:
-                nxt = step(cur, z.clone())   # y_2 = S y_1 - y_0, into a copy of z
-            else:
-                nxt = step(cur, prev)        # y_k = S y_{k-1} - y_{k-2}, into y_{k-2}
-            y.addcmul_(nxt, ct[k][None, :])
-            prev, cur = cur, nxt
-        done = degree
+        engine.advance(degree, coef)
         # the bound relative to the output: ||exp(-tB) z|| >= ||y|| - 2 tail ||z||
-        ynorm = column_real_dot(y, y, workspace=work).sqrt_().cpu().numpy().astype(np.float64)
+        ynorm = engine.output_norms()
         err_abs = 2.0 * tail[degree] * znorm
         floor = ROUNDING * max(degree, 1) * eps * znorm
         lower = np.maximum(ynorm - err_abs - floor, 0.0)
@@ -284,16 +373,15 @@ def chebyshev_expm(step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], z
             break
         degree = new
     # p_m(0) = 1 exactly: add the tail to the constant term (module docstring)
-    y.addcmul_(z, torch.as_tensor(tail[degree], dtype=real, device=z.device).to(z.dtype)[None, :])
     err_abs = (2.0 * tail[degree] + ROUNDING * max(degree, 1) * eps) * znorm
     rel = np.where(znorm > 0, err_abs / np.maximum(ynorm - err_abs, np.finfo(float).tiny), 0.0)
     err = float(rel.max()) if rel.size else 0.0
     if err > tol:
-        log.info("chebyshev: tol %.1e is below the rounding level of %s; bound %.1e at degree %d",
-                 tol, real, err, degree)
+        log.info("chebyshev: tol %.1e is below the rounding level; bound %.1e at degree %d",
+                 tol, err, degree)
     log.debug("chebyshev: degree %d, bound %.1e (t b up to %.3g)", degree, err,
               2 * float(w.max()) if w.size else 0.0)
-    return y, ChebyshevInfo(degree, err, float(bound))
+    return tail[degree], ChebyshevInfo(degree, err, float(bound))
 
 
 def shifted_step(S: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -324,17 +412,18 @@ def stacked_real(S: sp.spmatrix) -> sp.csr_matrix:
 
 def heat_chebyshev(S: torch.Tensor, bound: float, sqrt_mass: torch.Tensor, x: torch.Tensor,
                    t: torch.Tensor, *, tol: float, max_degree: int = 20000,
-                   wide: Callable[[], tuple[torch.Tensor, torch.Tensor]] | None = None
-                   ) -> tuple[torch.Tensor, ChebyshevInfo]:
+                   wide: Callable[[], tuple[torch.Tensor, torch.Tensor]] | None = None,
+                   fused: FusedOperator | None = None) -> tuple[torch.Tensor, ChebyshevInfo]:
     """``exp(-t M^-1 L) x = M^-1/2 exp(-t B) M^1/2 x`` by :func:`chebyshev_expm`, no autograd.
 
     Parameters
     ----------
-    S : (V, V) or (2V, 2V) sparse CSR Tensor
-        ``(4 / bound) B - 2 I`` with ``B = M^-1/2 L M^-1/2``, on ``x``'s device: complex of
-        ``x``'s dtype, or real of its precision, either ``(V, V)`` (a real operator: the real
-        and imaginary parts of complex ``x`` flow separately, as interleaved real columns) or
-        the ``(2V, 2V)`` :func:`stacked_real` form of a complex operator.
+    S : (V, V) or (2V, 2V) sparse CSR Tensor or None
+        ``(4 / bound) B - 2 I`` with ``B = M^-1/2 L M^-1/2`` (None only with a ``fused``
+        operator that takes ``x``), on ``x``'s device: complex of ``x``'s dtype, or real of its
+        precision, either ``(V, V)`` (a real operator: the real and imaginary parts of complex
+        ``x`` flow separately, as interleaved real columns) or the ``(2V, 2V)``
+        :func:`stacked_real` form of a complex operator.
     bound : float
         The ``b`` of ``S``: an upper bound on the spectrum of ``B``.
     sqrt_mass : (V,) real Tensor
@@ -349,15 +438,25 @@ def heat_chebyshev(S: torch.Tensor, bound: float, sqrt_mass: torch.Tensor, x: to
         ``() -> (S, sqrt_mass)`` in float64. When ``S`` is float32 and the stated bound exceeds
         ``max(tol, FLOAT32_ACCURACY)``, the flow is redone with these and returned in ``x``'s
         dtype (the info is the float64 run's).
+    fused : FusedOperator, optional
+        The same ``S`` (not stacked) for the fused CPU kernels
+        (:func:`chebyshev_expm_fused`): used instead of ``S`` when ``x`` is on the CPU and of
+        its precision.
 
     Returns
     -------
     y : (V, C) Tensor
     info : ChebyshevInfo
     """
-    y, info = _heat_chebyshev(S, bound, sqrt_mass, x, t, tol=tol, max_degree=max_degree)
+    if fused is not None and _fused_fits(fused, x):
+        y_np, info = chebyshev_expm_fused(
+            fused, x.detach().resolve_conj().numpy(), sqrt_mass.detach().cpu().numpy(),
+            t.detach().cpu().numpy(), bound, tol=tol, max_degree=max_degree)
+        y = torch.from_numpy(y_np)
+    else:
+        y, info = _heat_chebyshev(S, bound, sqrt_mass, x, t, tol=tol, max_degree=max_degree)
     target = max(tol, FLOAT32_ACCURACY)
-    if wide is None or S.dtype not in (torch.float32, torch.complex64) \
+    if wide is None or x.dtype not in (torch.float32, torch.complex64) \
             or info.error_bound <= target:
         return y, info
     # the float32 rounding floor, relative to a small output (long times): float64 recurrence
@@ -368,6 +467,16 @@ def heat_chebyshev(S: torch.Tensor, bound: float, sqrt_mass: torch.Tensor, x: to
     log.debug("chebyshev: float32 bound above %.1e; recomputed in float64 (bound %.1e)",
               target, info.error_bound)
     return y64.to(x.dtype), info
+
+
+def _fused_fits(op: FusedOperator, x: torch.Tensor) -> bool:
+    """Whether the fused kernels take ``x``.
+
+    ``x`` must be on the CPU, of ``op``'s precision, and complex for a complex ``op``.
+    """
+    real = np.float32 if x.dtype in (torch.float32, torch.complex64) else np.float64
+    return (x.device.type == "cpu" and x.dim() == 2 and np.dtype(real) == op.dtype
+            and (x.is_complex() or not op.is_complex) and x.shape[0] == op.n)
 
 
 def _heat_chebyshev(S: torch.Tensor, bound: float, sqrt_mass: torch.Tensor, x: torch.Tensor,

@@ -52,6 +52,7 @@ from manifoldmp.operators.laplacian import _check_domain, connection_laplacian
 from manifoldmp.operators.sparse import all_finite, column_real_dot, complex_dtype
 from manifoldmp.spectral.chebyshev import (
     ChebyshevInfo,
+    _fused_fits,
     chebyshev_degree,
     gershgorin_bound,
     heat_chebyshev,
@@ -63,6 +64,7 @@ from manifoldmp.spectral.eigen import (
     fill_reducing_ordering,
     generalized_eigsh,
 )
+from manifoldmp.spectral.fused import FusedOperator, fused_available
 from manifoldmp.spectral.implicit import (
     SCHEMES,
     error_bound,
@@ -155,6 +157,7 @@ class HeatKernel:
         self._bound: float | None = None
         self._torch_B: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
         self._torch_S: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
+        self._fused_S: dict[Any, FusedOperator] = {}
         self._factors: dict[float, Any] = {}
         self._ordering: np.ndarray | None = None
         self.last_method: str | None = None
@@ -254,6 +257,15 @@ class HeatKernel:
             self._torch_B[key] = B
         return B
 
+    def _shifted_scipy(self) -> sp.csr_matrix:
+        """``S = (4 / b) B - 2 I`` as a scipy matrix, complex for ``n != 0`` (not stacked)."""
+        s = 1.0 / np.sqrt(self.mass)
+        B = sp.diags(s) @ self.laplacian @ sp.diags(s)
+        Ss = ((4.0 / self.spectral_bound()) * B
+              - 2.0 * sp.identity(self.n_vertices, format="csr")).tocsr()
+        Ss.sum_duplicates()
+        return Ss
+
     def _shifted(self, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
         """``S = (4 / b) B - 2 I`` of the Chebyshev recurrence, real (cached per device, dtype).
 
@@ -265,16 +277,27 @@ class HeatKernel:
         S = self._torch_S.get(key)
         if S is None:
             from manifoldmp.operators.sparse import to_torch_sparse
-            s = 1.0 / np.sqrt(self.mass)
-            B = sp.diags(s) @ self.laplacian @ sp.diags(s)
-            Ss = ((4.0 / self.spectral_bound()) * B
-                  - 2.0 * sp.identity(self.n_vertices, format="csr")).tocsr()
-            Ss.sum_duplicates()
+            Ss = self._shifted_scipy()
             if np.iscomplexobj(Ss.data):
                 Ss = stacked_real(Ss)
             S = to_torch_sparse(Ss, device=device).to(real)
             self._torch_S[key] = S
         return S
+
+    def _fused(self, x: torch.Tensor) -> FusedOperator | None:
+        """``S`` for the fused CPU kernels (:mod:`~manifoldmp.spectral.fused`), or None.
+
+        None on other devices, without numba, or when :attr:`FUSED` is off (the tests set it
+        to compare with the torch recurrence).
+        """
+        if not (self.FUSED and x.device.type == "cpu" and fused_available()):
+            return None
+        real = np.float32 if x.dtype in (torch.float32, torch.complex64) else np.float64
+        op = self._fused_S.get(real)
+        if op is None:
+            op = FusedOperator.from_scipy(self._shifted_scipy(), real)
+            self._fused_S[real] = op
+        return op if _fused_fits(op, x) else None
 
     def _apply_B(self, X: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """``M^-1/2 L M^-1/2 X`` for ``X : (V, C)`` on the solver's device (into ``out``)."""
@@ -359,6 +382,9 @@ class HeatKernel:
     #: steps in 8.6 s): a Lanczos step costs several degrees (column reductions, the
     #: tridiagonal checks, a second pass on large blocks).
     STIFF_STEPS = 1000
+    #: The Chebyshev method runs on the fused CPU kernels (:mod:`~manifoldmp.spectral.fused`)
+    #: where they apply; False keeps torch's sparse products (the reference in the tests).
+    FUSED = True
 
     def _stiff_choice(self, t: torch.Tensor, tmin: float, degree: int) -> tuple[str, str]:
         stiff = f"stiff: Chebyshev degree {degree} (t ||A|| = " \
@@ -477,11 +503,14 @@ class HeatKernel:
             return y
         if method == "chebyshev":
             s = torch.as_tensor(np.sqrt(self.mass), dtype=self.dtype, device=x.device)
+            fused = self._fused(x)
             y, cinfo = heat_chebyshev(
-                self._shifted(x.device, x.dtype), self.spectral_bound(), s, x, t, tol=self.tol,
+                None if fused is not None else self._shifted(x.device, x.dtype),
+                self.spectral_bound(), s, x, t, tol=self.tol,
                 max_degree=CHEBYSHEV_MAX_DEGREE, wide=lambda: (
                     self._shifted(x.device, torch.float64),
-                    torch.as_tensor(np.sqrt(self.mass), dtype=torch.float64, device=x.device)))
+                    torch.as_tensor(np.sqrt(self.mass), dtype=torch.float64, device=x.device)),
+                fused=fused)
             self.last_chebyshev = cinfo
             return y
         return self._implicit(x, t)

@@ -1,0 +1,436 @@
+"""Fused CPU kernels for the Chebyshev heat recurrence: two degrees per pass over memory.
+
+On CPU the recurrence ``y_{k+1} = S y_k - y_{k-1}`` (:mod:`~manifoldmp.spectral.chebyshev`)
+is bound by memory traffic: with MKL through torch, each degree is one sparse product that
+reads ``y_k`` and ``y_{k-1}`` and writes ``y_{k+1}``, then one accumulation that reads
+``y_{k+1}`` and the sum again (100k vertices, 64 complex channels: 17 + 6 ms per degree, five
+passes over 100 MB blocks). No library fuses these, so this module does, by hand:
+
+* **Two degrees per pass** (a wavefront, as in matrix-powers kernels). After a
+  reverse Cuthill-McKee ordering, every row couples only to rows within the bandwidth ``w``.
+  The rows go by in chunks of at least ``w``: ``y_{k+1}`` on chunk ``c``, then ``y_{k+2}`` on
+  chunk ``c - 1``, whose neighbours' ``y_{k+1}`` now all exist, while chunk ``c - 1`` is
+  still in cache. ``y_{k+1}`` is written over ``y_{k-1}`` and ``y_{k+2}`` over ``y_k``
+  (no row still needs them), and both are added into the sum in the same pass. Each
+  thread runs its own wavefront on a contiguous range of rows; the first and last chunk of
+  each range wait until every thread is done (their neighbours belong to other threads),
+  then go in a second, short parallel pass.
+* **Split complex rows.** A complex block is held as ``(V, 2C)`` real rows ``[Re | Im]``, so
+  the complex product vectorizes as real arithmetic without the stacked ``(2V, 2V)`` operator
+  (:func:`~manifoldmp.spectral.chebyshev.stacked_real`) and reads each complex neighbour once.
+* The input is gathered into this layout, in the new order and scaled by ``M^1/2``, in one
+  pass, and the output is scattered back the same way.
+
+100k-vertex torus, 64 complex channels, 2 cores: 27 ms per two degrees against 2 x 23 ms for
+torch's product and accumulation (benchmarks/README.md). Results equal the unfused recurrence
+to rounding (the sums run in another order); the tests hold the two paths to each other.
+
+Numba compiles these kernels on first use (a few seconds, cached on disk afterwards). Without
+numba (:func:`fused_available` is False) the torch path runs instead.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from manifoldmp.errors import ParameterError
+
+__all__ = ["FusedOperator", "fused_available"]
+
+log = logging.getLogger(__name__)
+
+#: Bytes per row of a column block of the recurrence (:class:`FusedRecurrence`).
+ROW_BYTES = 512
+
+#: Least chunk length in rows (below, the per-chunk loop overhead shows); the chunk is never
+#: shorter than the bandwidth, which correctness needs.
+MIN_CHUNK_ROWS = 256
+
+try:  # pragma: no cover - exercised wherever numba is installed (a dependency)
+    import numba
+    from numba import njit, prange
+except ImportError:  # pragma: no cover - numba is a dependency; this keeps the torch path
+    numba = None
+
+
+def fused_available() -> bool:
+    """Whether the fused kernels can run (numba importable)."""
+    return numba is not None
+
+
+if numba is not None:
+    @njit(inline="always", cache=True)
+    def _row_product(i, indptr, indices, dre, dim, X, row, cplx):  # pragma: no cover - jit
+        """``row += (S X)[i]``; complex ``S`` acts on split rows ``[Re | Im]``."""
+        W = X.shape[1]
+        if cplx:
+            C = W // 2
+            for p in range(indptr[i], indptr[i + 1]):
+                a = dre[p]
+                b = dim[p]
+                j = indices[p]
+                for q in range(C):
+                    xr = X[j, q]
+                    xi = X[j, C + q]
+                    row[q] += a * xr - b * xi
+                    row[C + q] += a * xi + b * xr
+        else:
+            for p in range(indptr[i], indptr[i + 1]):
+                a = dre[p]
+                j = indices[p]
+                for q in range(W):
+                    row[q] += a * X[j, q]
+
+    @njit(inline="always", cache=True)
+    def _step_row(i, indptr, indices, dre, dim, X, Y, acc, c1, c2, cplx, row, mode):
+        # pragma: no cover - jit
+        """``Y[i] = (S X)[i] - Y[i]``, then an update of ``acc[i]``.
+
+        ``mode`` 0 adds ``c2 Y[i]``; 1 adds ``c1 X[i] + c2 Y[i]`` (the second of two degrees,
+        ``X = y_{k+1}``); 2 adds nothing.
+        """
+        W = X.shape[1]
+        for q in range(W):
+            row[q] = -Y[i, q]
+        _row_product(i, indptr, indices, dre, dim, X, row, cplx)
+        if mode == 0:
+            for q in range(W):
+                Y[i, q] = row[q]
+                acc[i, q] += c2[q] * row[q]
+        elif mode == 1:
+            for q in range(W):
+                Y[i, q] = row[q]
+                acc[i, q] += c1[q] * X[i, q] + c2[q] * row[q]
+        else:
+            for q in range(W):
+                Y[i, q] = row[q]
+
+    @njit(parallel=True, cache=True)
+    def _first(indptr, indices, dre, dim, Z, Y, acc, c0, c1, bounds):  # pragma: no cover
+        """``Y = (S / 2) Z``, ``acc = c0 Z + c1 Y`` (the first degree)."""
+        cplx = dim.shape[0] > 0
+        W = Z.shape[1]
+        for t in prange(bounds.shape[0] - 1):
+            row = np.empty_like(Z[0])
+            for i in range(bounds[t], bounds[t + 1]):
+                for q in range(W):
+                    row[q] = 0.0
+                _row_product(i, indptr, indices, dre, dim, Z, row, cplx)
+                for q in range(W):
+                    y = 0.5 * row[q]
+                    Y[i, q] = y
+                    acc[i, q] = c0[q] * Z[i, q] + c1[q] * y
+
+    @njit(parallel=True, cache=True)
+    def _one(indptr, indices, dre, dim, X, Y, acc, c, bounds):  # pragma: no cover - jit
+        """One degree: ``Y = S X - Y`` in place, ``acc += c Y``."""
+        cplx = dim.shape[0] > 0
+        for t in prange(bounds.shape[0] - 1):
+            row = np.empty_like(X[0])
+            for i in range(bounds[t], bounds[t + 1]):
+                _step_row(i, indptr, indices, dre, dim, X, Y, acc, c, c, cplx, row, 0)
+
+    @njit(inline="always", cache=True)
+    def _chunk(a, e, c, nc, R):  # pragma: no cover - jit
+        """Rows ``[lo, hi)`` of chunk ``c`` of ``nc`` in ``[a, e)``; the last takes the rest."""
+        lo = a + c * R
+        hi = e if c == nc - 1 else lo + R
+        return lo, hi
+
+    @njit(parallel=True, cache=True)
+    def _two(indptr, indices, dre, dim, P, Cur, acc, c1, c2, bounds, R):  # pragma: no cover
+        """Two degrees: ``P = S Cur - P`` then ``Cur = S P - Cur``; ``acc += c1 P + c2 Cur``.
+
+        ``bounds`` splits the rows into one contiguous range per thread, each at least ``R``
+        rows long; ``R`` is at least the bandwidth of ``S``.
+        """
+        cplx = dim.shape[0] > 0
+        T = bounds.shape[0] - 1
+        for t in prange(T):
+            a = bounds[t]
+            e = bounds[t + 1]
+            nc = max((e - a) // R, 1)
+            row = np.empty_like(P[0])
+            for c in range(nc + 1):
+                if c < nc:
+                    lo, hi = _chunk(a, e, c, nc, R)
+                    for i in range(lo, hi):
+                        _step_row(i, indptr, indices, dre, dim, Cur, P, acc, c1, c2, cplx, row,
+                                  2)
+                # chunk c - 1 once its neighbours (chunks c - 2 .. c) have y_{k+1}; the first
+                # and last chunk of the range wait for the other threads (second pass)
+                if 1 <= c - 1 < nc - 1:
+                    lo, hi = _chunk(a, e, c - 1, nc, R)
+                    for i in range(lo, hi):
+                        _step_row(i, indptr, indices, dre, dim, P, Cur, acc, c1, c2, cplx, row,
+                                  1)
+        for u in prange(2 * T):
+            t = u // 2
+            a = bounds[t]
+            e = bounds[t + 1]
+            nc = max((e - a) // R, 1)
+            if u % 2 == 1 and nc == 1:
+                continue   # one chunk: it is the first and the last
+            lo, hi = _chunk(a, e, 0 if u % 2 == 0 else nc - 1, nc, R)
+            row = np.empty_like(P[0])
+            for i in range(lo, hi):
+                _step_row(i, indptr, indices, dre, dim, P, Cur, acc, c1, c2, cplx, row, 1)
+
+    @njit(parallel=True, cache=True)
+    def _gather(x, perm, s, out, bounds):  # pragma: no cover - jit
+        """``out[i] = s[i] x[perm[i]]`` into split rows; ``x : (V, C, P)``, ``P`` = 1 or 2."""
+        C = x.shape[1]
+        P = x.shape[2]
+        split = out.shape[1] == 2 * C
+        for t in prange(bounds.shape[0] - 1):
+            for i in range(bounds[t], bounds[t + 1]):
+                k = perm[i]
+                si = s[i]
+                for q in range(C):
+                    out[i, q] = si * x[k, q, 0]
+                if split:
+                    if P == 2:
+                        for q in range(C):
+                            out[i, C + q] = si * x[k, q, 1]
+                    else:
+                        for q in range(C):
+                            out[i, C + q] = 0.0
+
+    @njit(parallel=True, cache=True)
+    def _scatter(acc, perm, s, x, tail, out, bounds):  # pragma: no cover - jit
+        """``out[perm[i]] = acc[i] / s[i] + tail x[perm[i]]`` from split rows."""
+        C = out.shape[1]
+        P = out.shape[2]
+        for t in prange(bounds.shape[0] - 1):
+            for i in range(bounds[t], bounds[t + 1]):
+                k = perm[i]
+                si = 1.0 / s[i]
+                for q in range(C):
+                    out[k, q, 0] = acc[i, q] * si + tail[q] * x[k, q, 0]
+                if P == 2:
+                    for q in range(C):
+                        out[k, q, 1] = acc[i, C + q] * si + tail[q] * x[k, q, 1]
+
+    @njit(parallel=True, cache=True)
+    def _column_squares(Z, bounds):  # pragma: no cover - jit
+        """``sum_i Z[i, q]^2`` per column, in float64, one partial sum per thread."""
+        T = bounds.shape[0] - 1
+        part = np.zeros((T, Z.shape[1]))
+        for t in prange(T):
+            for i in range(bounds[t], bounds[t + 1]):
+                for q in range(Z.shape[1]):
+                    part[t, q] += float(Z[i, q]) * float(Z[i, q])
+        return part.sum(axis=0)
+
+
+def _fresh(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """A new array whose pages are touched here, by one thread.
+
+    The kernels' threads writing into never-touched memory fault its pages in concurrently,
+    which was erratic on the 2-core test machine (100 MB: 20-310 ms, against 11 ms for one
+    thread's fill).
+    """
+    out = np.empty(shape, dtype=dtype)
+    out.fill(0)
+    return out
+
+
+def _threads() -> int:
+    """Threads for the kernels: torch's setting, within numba's pool."""
+    import torch
+    return max(1, min(torch.get_num_threads(), numba.get_num_threads()))
+
+
+@dataclass
+class FusedOperator:
+    """``S`` of the Chebyshev recurrence, renumbered and laid out for the fused kernels.
+
+    Build it with :meth:`from_scipy`. ``perm`` is the reverse Cuthill-McKee order (row ``i``
+    of the kernels is vertex ``perm[i]``), ``bandwidth`` the largest ``|i - j|`` of a nonzero
+    in that order.
+    """
+
+    indptr: np.ndarray
+    indices: np.ndarray
+    data_real: np.ndarray
+    data_imag: np.ndarray   # empty for a real operator
+    perm: np.ndarray
+    bandwidth: int
+    dtype: np.dtype         # real precision of the kernels
+    min_chunk: int = MIN_CHUNK_ROWS
+
+    @classmethod
+    def from_scipy(cls, S: sp.spmatrix, dtype: Any = np.float64) -> FusedOperator:
+        """Reorder ``S`` (square, real or complex, symmetric pattern) for the fused kernels.
+
+        Parameters
+        ----------
+        S : (V, V) sparse matrix
+            The shifted operator ``(4 / b) B - 2 I``, not its stacked real form.
+        dtype : {np.float32, np.float64}
+            Precision of the recurrence.
+        """
+        from scipy.sparse.csgraph import reverse_cuthill_mckee
+
+        dtype = np.dtype(dtype)
+        if dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
+            raise ParameterError(f"dtype must be float32 or float64, got {dtype}")
+        S = sp.csr_matrix(S)
+        if S.ndim != 2 or S.shape[0] != S.shape[1]:
+            raise ParameterError(f"S must be square, got shape {S.shape}")
+        pattern = sp.csr_matrix((np.ones(S.nnz, dtype=np.int8), S.indices, S.indptr),
+                                shape=S.shape)
+        perm = np.asarray(reverse_cuthill_mckee(pattern, symmetric_mode=True), dtype=np.int64)
+        Sp = S[perm][:, perm].tocsr()
+        Sp.sum_duplicates()
+        Sp.sort_indices()
+        rows = np.repeat(np.arange(Sp.shape[0]), np.diff(Sp.indptr))
+        bandwidth = int(np.abs(rows - Sp.indices).max()) if Sp.nnz else 0
+        index = np.int32 if Sp.nnz < 2**31 else np.int64
+        cplx = np.iscomplexobj(Sp.data)
+        return cls(indptr=Sp.indptr.astype(index), indices=Sp.indices.astype(index),
+                   data_real=np.ascontiguousarray(Sp.data.real, dtype=dtype),
+                   data_imag=np.ascontiguousarray(Sp.data.imag, dtype=dtype) if cplx
+                   else np.zeros(0, dtype=dtype),
+                   perm=perm, bandwidth=bandwidth, dtype=dtype)
+
+    @property
+    def n(self) -> int:
+        """Order of ``S``."""
+        return len(self.perm)
+
+    @property
+    def is_complex(self) -> bool:
+        """Whether ``S`` is complex (its rows act on split ``[Re | Im]`` rows)."""
+        return self.data_imag.size > 0
+
+    @property
+    def chunk(self) -> int:
+        """Rows per wavefront chunk: at least the bandwidth."""
+        return max(self.bandwidth, self.min_chunk, 1)
+
+    def _bounds(self, threads: int | None = None) -> np.ndarray:
+        """One contiguous row range per thread, each at least one chunk long."""
+        T = threads if threads is not None else _threads()
+        T = max(1, min(T, self.n // (3 * self.chunk)))
+        return np.array([self.n * t // T for t in range(T + 1)], dtype=np.int64)
+
+    def _args(self) -> tuple:
+        return self.indptr, self.indices, self.data_real, self.data_imag
+
+
+class FusedRecurrence:
+    """State of one Chebyshev expansion on a :class:`FusedOperator`.
+
+    The engine of :func:`~manifoldmp.spectral.chebyshev.chebyshev_expm_fused`.
+
+    The columns go in blocks of :data:`ROW_BYTES` per row (32 complex or 64 real float64
+    columns): the rows a wavefront chunk reads around itself then stay in the core's L2
+    cache (100k torus, 64 complex columns: 12.3 ms per product in two blocks of 32 against
+    16.6 ms in one).
+
+    Parameters
+    ----------
+    op : FusedOperator
+    x : (V, C) ndarray
+        Real or complex input in the original vertex order, of ``op``'s precision.
+    scale : (V,) ndarray
+        Applied to the rows on the way in (``M^1/2``); its inverse on the way out.
+    threads : int, optional
+        Number of row ranges (default: torch's thread count).
+    """
+
+    def __init__(self, op: FusedOperator, x: np.ndarray, scale: np.ndarray,
+                 threads: int | None = None) -> None:
+        if x.ndim != 2 or x.shape[0] != op.n:
+            raise ParameterError(f"x must have shape ({op.n}, C), got {x.shape}")
+        if x.dtype.kind not in "fc" or np.finfo(x.dtype).dtype != op.dtype:
+            raise ParameterError(f"x has dtype {x.dtype}, the operator {op.dtype}")
+        self.op = op
+        self.x = x
+        self.split = np.iscomplexobj(x)
+        if op.is_complex and not self.split:
+            raise ParameterError("a complex operator needs complex x")
+        C = x.shape[1]
+        per_row = max(ROW_BYTES // op.dtype.itemsize // (2 if self.split else 1), 1)
+        self.blocks = [(c, min(c + per_row, C)) for c in range(0, C, per_row)]
+        self.bounds = op._bounds(threads)
+        self.s = np.ascontiguousarray(np.asarray(scale, dtype=op.dtype)[op.perm])
+        planes = self._planes(x)
+        self.z: list[np.ndarray] = []
+        for c0, c1 in self.blocks:
+            z = _fresh((op.n, (c1 - c0) * (2 if self.split else 1)), op.dtype)
+            _gather(planes[:, c0:c1], op.perm, self.s, z, self.bounds)
+            self.z.append(z)
+        self.prev: list[np.ndarray | None] = [None] * len(self.blocks)
+        self.cur = list(self.z)
+        self.acc = [_fresh(z.shape, op.dtype) for z in self.z]
+        self.done = -1
+
+    def _planes(self, a: np.ndarray) -> np.ndarray:
+        """``(V, C, 2)`` real view of complex ``a``, ``(V, C, 1)`` of real ``a``."""
+        if np.iscomplexobj(a):
+            return a.view(self.op.dtype).reshape(a.shape[0], a.shape[1], 2)
+        return a.reshape(a.shape[0], a.shape[1], 1)
+
+    def _coef(self, c: np.ndarray, block: tuple[int, int]) -> np.ndarray:
+        """A block's coefficients, repeated for the imaginary half of split rows."""
+        c = np.asarray(c[block[0]:block[1]], dtype=self.op.dtype)
+        return np.ascontiguousarray(np.concatenate([c, c]) if self.split else c)
+
+    def input_norms(self) -> np.ndarray:
+        """``||M^1/2 x_c||`` per column, ``(C,)`` float64."""
+        return self._norms(self.z)
+
+    def output_norms(self) -> np.ndarray:
+        """Norms of the partial sum so far (in the scaled variables), ``(C,)`` float64."""
+        return self._norms(self.acc)
+
+    def _norms(self, arrays: list[np.ndarray]) -> np.ndarray:
+        out = []
+        for (c0, c1), Z in zip(self.blocks, arrays, strict=True):
+            sq = _column_squares(Z, self.bounds)
+            out.append(sq[: c1 - c0] + sq[c1 - c0:] if self.split else sq)
+        return np.sqrt(np.concatenate(out))
+
+    def advance(self, degree: int, coef: np.ndarray) -> None:
+        """Run the recurrence up to ``degree``, adding ``coef[k] y_k``; ``coef : (n, C)``."""
+        args = self.op._args()
+        for b, blk in enumerate(self.blocks):
+            done = self.done
+            acc, z = self.acc[b], self.z[b]
+            if done < 0:
+                if degree < 1:
+                    np.multiply(z, self._coef(coef[0], blk)[None, :], out=acc)
+                    continue
+                self.prev[b], self.cur[b] = z, _fresh(z.shape, self.op.dtype)
+                _first(*args, z, self.cur[b], acc, self._coef(coef[0], blk),
+                       self._coef(coef[1], blk), self.bounds)
+                done = 1
+            prev, cur = self.prev[b], self.cur[b]
+            while done < degree:
+                if degree - done >= 2:
+                    _two(*args, prev, cur, acc, self._coef(coef[done + 1], blk),
+                         self._coef(coef[done + 2], blk), self.bounds, self.op.chunk)
+                    done += 2
+                else:
+                    _one(*args, cur, prev, acc, self._coef(coef[done + 1], blk), self.bounds)
+                    prev, cur = cur, prev
+                    done += 1
+            self.prev[b], self.cur[b] = prev, cur
+        self.done = max(self.done, degree)
+
+    def result(self, tail: np.ndarray) -> np.ndarray:
+        """``M^-1/2`` times the sum plus ``tail_c`` times the input, in the input's order."""
+        out = _fresh(self.x.shape, self.x.dtype)
+        planes, xp = self._planes(out), self._planes(self.x)
+        tail = np.asarray(tail, dtype=self.op.dtype)
+        for (c0, c1), acc in zip(self.blocks, self.acc, strict=True):
+            _scatter(acc, self.op.perm, self.s, xp[:, c0:c1],
+                     np.ascontiguousarray(tail[c0:c1]), planes[:, c0:c1], self.bounds)
+        return out
