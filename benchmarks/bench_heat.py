@@ -89,8 +89,9 @@ def main() -> None:
     ap.add_argument("--rtol", type=float, default=1e-6)
     ap.add_argument("--k", type=int, default=128)
     ap.add_argument("--repeat", type=int, default=2,
-                    help="eigenpair runs of each solver; the best is reported (the first run of "
-                         "a process pays for memory the operating system has not mapped yet)")
+                    help="runs of each solver (heat flows and eigenpairs); the best is reported "
+                         "(the first run of a process pays for memory the operating system has "
+                         "not mapped yet)")
     ap.add_argument("--meshes", nargs="*", default=[], metavar="FILE",
                     help="mesh files on which to compare eigenpairs as well (after the torus), "
                          "e.g. dataset-sized scans")
@@ -118,16 +119,20 @@ def main() -> None:
         for method in ("chebyshev", "krylov"):
             H = mmp.HeatKernel(S, 1, method=method, tol=args.rtol)
             H(torch.from_numpy(X[:, :2]), args.t)  # warm-up (operator set-up)
-            y, t_m = timed(lambda H=H: H(torch.from_numpy(X), args.t).numpy())
+            # best of --repeat runs, as for scipy below: the first use of fresh memory in a
+            # process is erratic on virtual machines (0.5-1.3 s for the same call here)
+            y, t_m, _ = best_of(lambda H=H: H(torch.from_numpy(X), args.t).numpy(),
+                                args.repeat)
             work = H.last_chebyshev.degree if method == "chebyshev" else H.last_krylov.products
             ours[method] = (y, t_m, work)
             print(f"  ours ({method}): {t_m:.2f} s, {work} sparse products", flush=True)
         ref, t_ref = timed(lambda: mmp.HeatKernel(S, 1, method="krylov", tol=1e-12)(
             torch.from_numpy(X), args.t).numpy())
         print(f"  reference (Lanczos, tol 1e-12): {t_ref:.2f} s", flush=True)
-        theirs, t_scipy = timed(lambda: sla.expm_multiply(-args.t * A, X))
+        theirs, t_scipy, _ = best_of(lambda: sla.expm_multiply(-args.t * A, X), args.repeat)
         print(f"  expm_multiply: {t_scipy:.2f} s", flush=True)
-        loose, t_loose = timed(lambda: expm_multiply_at(-args.t * A, X, args.rtol))
+        loose, t_loose, _ = best_of(lambda: expm_multiply_at(-args.t * A, X, args.rtol),
+                                    args.repeat)
         print(f"  expm_multiply stopping at rtol: {t_loose:.2f} s", flush=True)
 
         def rel(y: np.ndarray) -> float:

@@ -12,6 +12,10 @@ block product per degree, written in place into the block it replaces, and one a
 No inner products, no basis, no dense ``m x m`` problem; on a GPU nothing leaves the device.
 Complex features of a complex operator run on its stacked real form (:func:`stacked_real`):
 MKL's real product is faster than its complex one on the same data.
+On the CPU, :class:`~manifoldmp.HeatKernel` runs the same recurrence through the fused
+kernels of :mod:`~manifoldmp.spectral.fused` (:func:`chebyshev_expm_fused`): two degrees and
+their accumulation per pass over memory, 1.7x faster on a 100k-vertex mesh; the degree rule
+and bound below are shared (``_expand``).
 
 Error: ``|T_k| <= 1`` on ``[-1, 1]``, so for every ``z``
 ``||p_m(B) z - exp(-t B) z|| <= tail_m ||z||`` with ``tail_m = sum_{k > m} |c_k|``, computed
