@@ -63,8 +63,23 @@ def fused_available() -> bool:
     return numba is not None
 
 
+def _jit(**options: Any) -> Any:
+    """``numba.njit`` with the compiled code cached on disk where a cache directory is writable.
+
+    Numba raises ``RuntimeError`` ("no locator available") at definition time when it finds
+    no cache location it can use for the source file; the kernels are then compiled in each
+    process instead of failing the import.
+    """
+    def wrap(f: Any) -> Any:
+        try:
+            return njit(cache=True, **options)(f)
+        except RuntimeError:  # pragma: no cover - depends on the file system
+            return njit(**options)(f)
+    return wrap
+
+
 if numba is not None:
-    @njit(inline="always", cache=True)
+    @_jit(inline="always")
     def _row_product(i, indptr, indices, dre, dim, X, row, cplx):  # pragma: no cover - jit
         """``row += (S X)[i]``; complex ``S`` acts on split rows ``[Re | Im]``."""
         W = X.shape[1]
@@ -86,7 +101,7 @@ if numba is not None:
                 for q in range(W):
                     row[q] += a * X[j, q]
 
-    @njit(inline="always", cache=True)
+    @_jit(inline="always")
     def _step_row(i, indptr, indices, dre, dim, X, Y, acc, c1, c2, cplx, row, mode):
         # pragma: no cover - jit
         """``Y[i] = (S X)[i] - Y[i]``, then an update of ``acc[i]``.
@@ -110,7 +125,7 @@ if numba is not None:
             for q in range(W):
                 Y[i, q] = row[q]
 
-    @njit(parallel=True, cache=True)
+    @_jit(parallel=True)
     def _first(indptr, indices, dre, dim, Z, Y, acc, c0, c1, bounds):  # pragma: no cover
         """``Y = (S / 2) Z``, ``acc = c0 Z + c1 Y`` (the first degree)."""
         cplx = dim.shape[0] > 0
@@ -126,7 +141,7 @@ if numba is not None:
                     Y[i, q] = y
                     acc[i, q] = c0[q] * Z[i, q] + c1[q] * y
 
-    @njit(parallel=True, cache=True)
+    @_jit(parallel=True)
     def _one(indptr, indices, dre, dim, X, Y, acc, c, bounds):  # pragma: no cover - jit
         """One degree: ``Y = S X - Y`` in place, ``acc += c Y``."""
         cplx = dim.shape[0] > 0
@@ -135,14 +150,14 @@ if numba is not None:
             for i in range(bounds[t], bounds[t + 1]):
                 _step_row(i, indptr, indices, dre, dim, X, Y, acc, c, c, cplx, row, 0)
 
-    @njit(inline="always", cache=True)
+    @_jit(inline="always")
     def _chunk(a, e, c, nc, R):  # pragma: no cover - jit
         """Rows ``[lo, hi)`` of chunk ``c`` of ``nc`` in ``[a, e)``; the last takes the rest."""
         lo = a + c * R
         hi = e if c == nc - 1 else lo + R
         return lo, hi
 
-    @njit(parallel=True, cache=True)
+    @_jit(parallel=True)
     def _two(indptr, indices, dre, dim, P, Cur, acc, c1, c2, bounds, R):  # pragma: no cover
         """Two degrees: ``P = S Cur - P`` then ``Cur = S P - Cur``; ``acc += c1 P + c2 Cur``.
 
@@ -181,7 +196,7 @@ if numba is not None:
             for i in range(lo, hi):
                 _step_row(i, indptr, indices, dre, dim, P, Cur, acc, c1, c2, cplx, row, 1)
 
-    @njit(parallel=True, cache=True)
+    @_jit(parallel=True)
     def _gather(x, perm, s, out, bounds):  # pragma: no cover - jit
         """``out[i] = s[i] x[perm[i]]`` into split rows; ``x : (V, C, P)``, ``P`` = 1 or 2."""
         C = x.shape[1]
@@ -201,7 +216,7 @@ if numba is not None:
                         for q in range(C):
                             out[i, C + q] = 0.0
 
-    @njit(parallel=True, cache=True)
+    @_jit(parallel=True)
     def _scatter(acc, perm, s, x, tail, out, bounds):  # pragma: no cover - jit
         """``out[perm[i]] = acc[i] / s[i] + tail x[perm[i]]`` from split rows."""
         C = out.shape[1]
@@ -216,7 +231,7 @@ if numba is not None:
                     for q in range(C):
                         out[k, q, 1] = acc[i, C + q] * si + tail[q] * x[k, q, 1]
 
-    @njit(parallel=True, cache=True)
+    @_jit(parallel=True)
     def _column_squares(Z, bounds):  # pragma: no cover - jit
         """``sum_i Z[i, q]^2`` per column, in float64, one partial sum per thread."""
         T = bounds.shape[0] - 1
