@@ -438,7 +438,8 @@ class FusedRecurrence:
                     prev, cur = cur, prev
                     done += 1
             self.prev[b], self.cur[b] = prev, cur
-        self.done = max(self.done, degree)
+        if degree >= 1:   # degree 0 only sets the sum; the recurrence has not started
+            self.done = max(self.done, degree)
 
     def result(self, tail: np.ndarray) -> np.ndarray:
         """``M^-1/2`` times the sum plus ``tail_c`` times the input, in the input's order."""

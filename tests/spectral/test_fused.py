@@ -58,7 +58,7 @@ def test_recurrence_matches_the_plain_one(case: str, dtype: type) -> None:
         op.min_chunk = min_chunk
         if min_chunk == 1:   # several ranges, each of several chunks of the bandwidth
             assert len(op._bounds(threads)) - 1 == threads and op.chunk == op.bandwidth
-        for degrees in ((0,), (1,), (2,), (5,), (2, 7), (3, 4, 9)):
+        for degrees in ((0,), (1,), (2,), (5,), (0, 3), (0, 1, 2), (2, 7), (3, 4, 9)):
             R = FusedRecurrence(op, x.astype(cdt), s, threads=threads)
             for d in degrees:   # continuing the recurrence, as the output-relative rule does
                 R.advance(d, coef)
