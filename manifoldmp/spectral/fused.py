@@ -298,6 +298,9 @@ class FusedOperator:
         S = sp.csr_matrix(S)
         if S.ndim != 2 or S.shape[0] != S.shape[1]:
             raise ParameterError(f"S must be square, got shape {S.shape}")
+        if not np.all(np.isfinite(S.data)):
+            raise ParameterError(f"S has {int(np.count_nonzero(~np.isfinite(S.data)))} "
+                                 "non-finite entries; expected a finite matrix")
         pattern = sp.csr_matrix((np.ones(S.nnz, dtype=np.int8), S.indices, S.indptr),
                                 shape=S.shape)
         perm = np.asarray(reverse_cuthill_mckee(pattern, symmetric_mode=True), dtype=np.int64)
@@ -375,7 +378,11 @@ class FusedRecurrence:
         per_row = max(ROW_BYTES // op.dtype.itemsize // (2 if self.split else 1), 1)
         self.blocks = [(c, min(c + per_row, C)) for c in range(0, C, per_row)]
         self.bounds = op._bounds(threads)
-        self.s = np.ascontiguousarray(np.asarray(scale, dtype=op.dtype)[op.perm])
+        scale = np.asarray(scale, dtype=np.float64)
+        if scale.shape != (op.n,) or not np.all(np.isfinite(scale)) or np.any(scale <= 0):
+            raise ParameterError(f"scale must be ({op.n},) finite and > 0, got shape "
+                                 f"{scale.shape}, min {scale.min() if scale.size else None}")
+        self.s = np.ascontiguousarray(scale[op.perm], dtype=op.dtype)
         planes = self._planes(x)
         self.z: list[np.ndarray] = []
         for c0, c1 in self.blocks:
