@@ -37,8 +37,10 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
+import torch
 
 from manifoldmp.errors import ParameterError
+from manifoldmp.operators.sparse import column_real_dot
 
 __all__ = ["FusedOperator", "fused_available"]
 
@@ -231,17 +233,6 @@ if numba is not None:
                     for q in range(C):
                         out[k, q, 1] = acc[i, C + q] * si + tail[q] * x[k, q, 1]
 
-    @_jit(parallel=True)
-    def _column_squares(Z, bounds):  # pragma: no cover - jit
-        """``sum_i Z[i, q]^2`` per column, in float64, one partial sum per thread."""
-        T = bounds.shape[0] - 1
-        part = np.zeros((T, Z.shape[1]))
-        for t in prange(T):
-            for i in range(bounds[t], bounds[t + 1]):
-                for q in range(Z.shape[1]):
-                    part[t, q] += float(Z[i, q]) * float(Z[i, q])
-        return part.sum(axis=0)
-
 
 def _fresh(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
     """A new array whose pages are touched here, by one thread.
@@ -257,7 +248,6 @@ def _fresh(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
 
 def _threads() -> int:
     """Threads for the kernels: torch's setting, within numba's pool."""
-    import torch
     return max(1, min(torch.get_num_threads(), numba.get_num_threads()))
 
 
@@ -416,7 +406,8 @@ class FusedRecurrence:
     def _norms(self, arrays: list[np.ndarray]) -> np.ndarray:
         out = []
         for (c0, c1), Z in zip(self.blocks, arrays, strict=True):
-            sq = _column_squares(Z, self.bounds)
+            Zt = torch.from_numpy(Z)
+            sq = column_real_dot(Zt, Zt).numpy().astype(np.float64)
             out.append(sq[: c1 - c0] + sq[c1 - c0:] if self.split else sq)
         return np.sqrt(np.concatenate(out))
 
