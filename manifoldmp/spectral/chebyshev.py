@@ -55,6 +55,7 @@ import torch
 from manifoldmp.errors import ManifoldmpError, ParameterError
 from manifoldmp.mesh.validate import validate_int, validate_positive
 from manifoldmp.operators.sparse import column_real_dot
+from manifoldmp.spectral import fused as _fused_mod
 from manifoldmp.spectral.fused import FusedOperator, FusedRecurrence
 
 __all__ = ["FLOAT32_ACCURACY", "ChebyshevInfo", "ChebyshevNotConverged", "chebyshev_coefficients",
@@ -439,48 +440,64 @@ def heat_chebyshev(S: torch.Tensor, bound: float, sqrt_mass: torch.Tensor, x: to
         Relative tolerance on the output.
     max_degree : int
     wide : callable, optional
-        ``() -> (S, sqrt_mass)`` in float64. When ``S`` is float32 and the stated bound exceeds
-        ``max(tol, FLOAT32_ACCURACY)``, the flow is redone with these and returned in ``x``'s
-        dtype (the info is the float64 run's).
+        ``() -> (S, sqrt_mass)`` or ``(S, sqrt_mass, fused)`` in float64 (``S`` None only with a
+        ``fused`` that takes the float64 input). When ``x`` is float32 and the stated bound
+        exceeds ``max(tol, FLOAT32_ACCURACY)``, the flow is redone with these and returned in
+        ``x``'s dtype (the info is the float64 run's).
     fused : FusedOperator, optional
         The same ``S`` (not stacked) for the fused CPU kernels
-        (:func:`chebyshev_expm_fused`): used instead of ``S`` when ``x`` is on the CPU and of
-        its precision.
+        (:func:`chebyshev_expm_fused`): used instead of ``S`` when ``x`` is on the CPU, of its
+        precision and wide enough (:data:`~manifoldmp.spectral.fused.MIN_INPUT_ROW_BYTES`; any
+        width when ``S`` is None).
 
     Returns
     -------
     y : (V, C) Tensor
     info : ChebyshevInfo
     """
-    if fused is not None and _fused_fits(fused, x):
-        y_np, info = chebyshev_expm_fused(
-            fused, x.detach().resolve_conj().numpy(), sqrt_mass.detach().cpu().numpy(),
-            t.detach().cpu().numpy(), bound, tol=tol, max_degree=max_degree)
-        y = torch.from_numpy(y_np)
-    else:
-        y, info = _heat_chebyshev(S, bound, sqrt_mass, x, t, tol=tol, max_degree=max_degree)
+    y, info = _run(S, bound, sqrt_mass, x, t, tol, max_degree, fused)
     target = max(tol, FLOAT32_ACCURACY)
     if wide is None or x.dtype not in (torch.float32, torch.complex64) \
             or info.error_bound <= target:
         return y, info
     # the float32 rounding floor, relative to a small output (long times): float64 recurrence
-    S64, s64 = wide()
+    S64, s64, *more = wide()
     x64 = x.detach().to(torch.complex128 if x.is_complex() else torch.float64)
-    y64, info = _heat_chebyshev(S64, bound, s64, x64, t.double(), tol=target,
-                                max_degree=max_degree)
+    y64, info = _run(S64, bound, s64, x64, t.double(), target, max_degree,
+                     more[0] if more else None)
     log.debug("chebyshev: float32 bound above %.1e; recomputed in float64 (bound %.1e)",
               target, info.error_bound)
     return y64.to(x.dtype), info
 
 
-def _fused_fits(op: FusedOperator, x: torch.Tensor) -> bool:
-    """Whether the fused kernels take ``x``.
+def _run(S: torch.Tensor | None, bound: float, sqrt_mass: torch.Tensor, x: torch.Tensor,
+         t: torch.Tensor, tol: float, max_degree: int, fused: FusedOperator | None
+         ) -> tuple[torch.Tensor, ChebyshevInfo]:
+    """One flow in ``x``'s precision: the fused kernels where they take ``x``, else ``S``."""
+    use_fused = fused is not None and _fused_fits(fused, x, any_width=S is None)
+    if S is None and not use_fused:
+        raise ParameterError("S may be None only with a fused operator that takes x (on the "
+                             f"CPU, of its precision and size); x is {tuple(x.shape)} "
+                             f"{x.dtype} on {x.device}")
+    if use_fused:
+        y_np, info = chebyshev_expm_fused(
+            fused, x.detach().resolve_conj().numpy(), sqrt_mass.detach().cpu().numpy(),
+            t.detach().cpu().numpy(), bound, tol=tol, max_degree=max_degree)
+        return torch.from_numpy(y_np), info
+    return _heat_chebyshev(S, bound, sqrt_mass, x, t, tol=tol, max_degree=max_degree)
 
-    ``x`` must be on the CPU, of ``op``'s precision, and complex for a complex ``op``.
+
+def _fused_fits(op: FusedOperator, x: torch.Tensor, *, any_width: bool = False) -> bool:
+    """Whether the fused kernels take ``x``, and are worth it.
+
+    ``x`` must be on the CPU, of ``op``'s precision, complex for a complex ``op``, and (unless
+    ``any_width``) at least :data:`~manifoldmp.spectral.fused.MIN_INPUT_ROW_BYTES` wide per row
+    (narrower blocks are faster through torch's product).
     """
     real = np.float32 if x.dtype in (torch.float32, torch.complex64) else np.float64
     return (x.device.type == "cpu" and x.dim() == 2 and np.dtype(real) == op.dtype
-            and (x.is_complex() or not op.is_complex) and x.shape[0] == op.n)
+            and (x.is_complex() or not op.is_complex) and x.shape[0] == op.n
+            and (any_width or x.shape[1] * x.element_size() >= _fused_mod.MIN_INPUT_ROW_BYTES))
 
 
 def _heat_chebyshev(S: torch.Tensor, bound: float, sqrt_mass: torch.Tensor, x: torch.Tensor,

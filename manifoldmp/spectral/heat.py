@@ -504,13 +504,19 @@ class HeatKernel:
         if method == "chebyshev":
             s = torch.as_tensor(np.sqrt(self.mass), dtype=self.dtype, device=x.device)
             fused = self._fused(x)
+
+            def wide() -> tuple[Any, ...]:   # the float64 redo of a float32 flow
+                like = torch.empty(x.shape, dtype=torch.complex128 if x.is_complex()
+                                   else torch.float64, device=x.device)   # (never touched)
+                f64 = self._fused(like)
+                return (None if f64 is not None else self._shifted(x.device, torch.float64),
+                        torch.as_tensor(np.sqrt(self.mass), dtype=torch.float64,
+                                        device=x.device), f64)
+
             y, cinfo = heat_chebyshev(
                 None if fused is not None else self._shifted(x.device, x.dtype),
                 self.spectral_bound(), s, x, t, tol=self.tol,
-                max_degree=CHEBYSHEV_MAX_DEGREE, wide=lambda: (
-                    self._shifted(x.device, torch.float64),
-                    torch.as_tensor(np.sqrt(self.mass), dtype=torch.float64, device=x.device)),
-                fused=fused)
+                max_degree=CHEBYSHEV_MAX_DEGREE, wide=wide, fused=fused)
             self.last_chebyshev = cinfo
             return y
         return self._implicit(x, t)

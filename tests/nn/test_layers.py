@@ -482,3 +482,61 @@ def test_layer_argument_errors() -> None:
         pb.contract([A[0].real, A[1]])
     with pytest.raises(ParameterError, match="one dtype"):
         pb.contract([A[0], A[1].to(torch.complex64)])
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("n", [0, 1, 2])
+def test_chebyshev_flow_fused_equals_torch_and_dense(n: int, dtype: torch.dtype,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Wide inputs take the fused CPU kernels; narrow ones torch's product; both equal expm."""
+    from manifoldmp.nn import functional as F
+
+    S = bumpy_sphere(2)
+    ops = mnn.precompute(S, max_type=2, k_eig=0).to(dtype=dtype)
+    A = mmp.connection_laplacian(S, n).toarray() / S.vertex_areas[:, None]
+    sq = np.sqrt(S.vertex_areas)
+    cdt = (torch.complex64 if dtype == torch.float32 else torch.complex128) if n else dtype
+    g = torch.Generator().manual_seed(n)
+    C = 48   # 192 to 768 bytes per row: fused
+    x = torch.randn(S.n_vertices, C, dtype=cdt, generator=g)
+    t = torch.logspace(-4, 0, C, dtype=dtype)
+    tol = 1e-10 if dtype == torch.float64 else 1e-4
+    assert F._fused_operator(ops, n, x) is not None
+    assert F._fused_operator(ops, n, x[:, :3]) is None      # 12 to 48 bytes: torch's product
+    y = mnn.heat_flow(ops, n, x, t, method="chebyshev", casimir=0.5, tol=tol)
+    # float32 at t = 1 is below its rounding floor: redone in float64, fused as well
+    assert ("fused", n, "float64") in ops._cache
+    monkeypatch.setattr(F, "FUSED", False)
+    assert F._fused_operator(ops, n, x) is None
+    y_ref = mnn.heat_flow(ops, n, x, t, method="chebyshev", casimir=0.5, tol=tol)
+    assert y.dtype == x.dtype
+    same = 1e-12 if dtype == torch.float64 else 2e-5
+    assert (y - y_ref).abs().max() <= same * y_ref.abs().max()
+    xd = x.numpy().astype(np.complex128 if n else np.float64)
+    w, U = np.linalg.eigh(mmp.connection_laplacian(S, n).toarray() / sq[:, None] / sq[None, :])
+    exact = (U @ (np.exp(-np.outer(w, t.double().numpy())) * (U.conj().T @ (sq[:, None] * xd))))
+    exact /= sq[:, None]     # exp(-t M^-1 L) = M^-1/2 exp(-t M^-1/2 L M^-1/2) M^1/2
+    assert np.allclose(exact[:, 7], sla.expm(-float(t[7]) * A) @ xd[:, 7], rtol=0,
+                       atol=1e-12 * np.abs(xd).max())
+    exact *= np.exp(-t.double().numpy() * 0.5 * n * n)[None, :]
+    err = np.abs(y.numpy() - exact).max(axis=0) / np.abs(exact).max(axis=0)
+    assert err.max() < (1e-8 if dtype == torch.float64 else 1e-4)
+
+
+@pytest.mark.parametrize("n", [0, 1])
+def test_fused_chebyshev_flow_gradcheck(n: int) -> None:
+    from manifoldmp.nn import functional as F
+
+    S = mmp.meshes.icosphere(1)
+    ops = mnn.precompute(S, max_type=1, k_eig=0)
+    g = torch.Generator().manual_seed(n)
+    dt = torch.complex128 if n else torch.float64
+    C = 8 if n else 16                                     # 128 bytes per row
+    x = torch.randn(S.n_vertices, C, generator=g, dtype=dt, requires_grad=True)
+    t = torch.logspace(-2, -0.5, C, dtype=torch.float64).requires_grad_(True)
+    assert F._fused_operator(ops, n, x.detach()) is not None
+
+    def f(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return mnn.heat_flow(ops, n, x, t, method="chebyshev", casimir=0.4, tol=1e-13)
+
+    assert torch.autograd.gradcheck(f, (x, t), atol=1e-6, rtol=1e-5)

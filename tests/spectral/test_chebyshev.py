@@ -229,3 +229,4 @@ def test_public_functions_reject_bad_input(jittered: mmp.Surface) -> None:
     for call, match in bad:
         with pytest.raises(ParameterError, match=match):
             call()
+

@@ -101,6 +101,9 @@ def test_heat_kernel_fused_equals_torch_path(n: int, dtype: torch.dtype) -> None
     t = torch.logspace(-4, 0, 40, dtype=torch.float64)
     y = H(x, t)
     assert H._fused(x) is not None
+    assert H._fused(x[:, :2]) is None   # 8 to 32 bytes per row: torch's product is faster
+    # float32 at t = 1 is below its rounding floor: redone in float64, fused as well
+    assert np.float64 in H._fused_S
     info = H.last_chebyshev
     H.FUSED = False
     y_ref = H(x, t)
