@@ -230,3 +230,33 @@ def test_public_functions_reject_bad_input(jittered: mmp.Surface) -> None:
         with pytest.raises(ParameterError, match=match):
             call()
 
+
+def test_float32_flow_goes_to_float64_when_its_rounding_floor_cannot_reach_tol(
+        jittered: mmp.Surface, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A long time (degree > 21, 4 m eps32 > 1e-5) runs the float64 recurrence only, with no
+    float32 run to throw away; a short one stays in float32."""
+    import logging
+
+    from manifoldmp.spectral import chebyshev as cheb
+
+    m = np.asarray(jittered.vertex_areas)
+    A = mmp.connection_laplacian(jittered, 1).toarray() / m[:, None]
+    x = np.random.default_rng(3).standard_normal((jittered.n_vertices, 2)) * (1 + 1j)
+    H = mmp.HeatKernel(jittered, 1, method="chebyshev", tol=1e-6, dtype=torch.float32)
+    calls: list[torch.dtype] = []
+    real_run = cheb._run
+
+    def spy(S, bound, sqrt_mass, xx, *args):  # type: ignore[no-untyped-def]
+        calls.append(xx.dtype)
+        return real_run(S, bound, sqrt_mass, xx, *args)
+
+    monkeypatch.setattr(cheb, "_run", spy)
+    for t, runs in ((0.3, [torch.complex128]), (1e-4, [torch.complex64])):
+        calls.clear()
+        with caplog.at_level(logging.DEBUG, logger="manifoldmp.spectral.chebyshev"):
+            y = H(torch.from_numpy(x).to(torch.complex64), t)
+        assert calls == runs and y.dtype == torch.complex64, t
+        ref = la.expm(-t * A) @ x
+        assert np.abs(y.numpy() - ref).max() <= 1e-5 * np.abs(ref).max(), t
+    assert "float32 rounding floor alone exceeds" in caplog.text
