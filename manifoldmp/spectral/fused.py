@@ -32,6 +32,7 @@ numba (:func:`fused_available` is False) the torch path runs instead.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,10 +40,10 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from manifoldmp.errors import ParameterError
+from manifoldmp.errors import ManifoldmpError, ParameterError
 from manifoldmp.operators.sparse import column_real_dot
 
-__all__ = ["FusedOperator", "fused_available"]
+__all__ = ["FusedOperator", "FusedUnavailable", "fused_available"]
 
 log = logging.getLogger(__name__)
 
@@ -68,9 +69,33 @@ except ImportError:  # pragma: no cover - numba is a dependency; this keeps the 
     numba = None
 
 
+class FusedUnavailable(ManifoldmpError):
+    """The fused kernels cannot run in this process (see :func:`fused_available`)."""
+
+
+#: ``used``: this process launched the parallel kernels; ``forked``: it is a child forked
+#: after its parent (or an ancestor) did.
+_STATE = {"used": False, "forked": False}
+
+
+def _after_fork_in_child() -> None:
+    if _STATE["used"]:
+        _STATE["forked"] = True
+
+
+if hasattr(os, "register_at_fork"):   # POSIX
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def fused_available() -> bool:
-    """Whether the fused kernels can run (numba importable)."""
-    return numba is not None
+    """Whether the fused kernels can run: numba importable, and not in a forked child.
+
+    Numba's OpenMP threading layer (GNU libgomp) is not fork-safe: in a process forked after
+    its parent ran the parallel kernels (a ``DataLoader`` worker with the default ``fork``
+    start method, say), the next parallel launch hangs. Such children take torch's path
+    instead; children started with ``spawn``, or forked before any use, are not affected.
+    """
+    return numba is not None and not _STATE["forked"]
 
 
 def _jit(**options: Any) -> Any:
@@ -363,6 +388,13 @@ class FusedRecurrence:
 
     def __init__(self, op: FusedOperator, x: np.ndarray, scale: np.ndarray,
                  threads: int | None = None) -> None:
+        if not fused_available():
+            raise FusedUnavailable(
+                "the fused kernels cannot run here: "
+                + ("numba is not installed" if numba is None else
+                   "this process was forked after its parent ran them (numba's OpenMP layer "
+                   "is not fork-safe); use the torch path or the 'spawn' start method"))
+        _STATE["used"] = True
         if x.ndim != 2 or x.shape[0] != op.n:
             raise ParameterError(f"x must have shape ({op.n}, C), got {x.shape}")
         if x.dtype.kind not in "fc" or np.finfo(x.dtype).dtype != op.dtype:

@@ -150,3 +150,60 @@ def test_bad_input_is_refused() -> None:
     for call, match in bad:
         with pytest.raises(ParameterError, match=match):
             call()
+
+
+def _forked_flow(H: mmp.HeatKernel, x: torch.Tensor, t: torch.Tensor, queue: object) -> None:
+    torch.set_num_threads(1)   # what a DataLoader worker does
+    y = H(x, t)
+    queue.put((H._fused(x) is None, y.numpy()))  # type: ignore[attr-defined]
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "register_at_fork"), reason="needs fork")
+def test_a_child_forked_after_use_takes_the_torch_path() -> None:
+    """numba's OpenMP layer is not fork-safe: a DataLoader-style worker forked after the
+    parent ran the kernels used to be killed ("fork() called from a process already using GNU
+    OpenMP"); it now runs torch's product and gets the same flow."""
+    import multiprocessing as mp
+    import time
+    from queue import Empty
+
+    from manifoldmp.spectral import fused as fused_mod
+
+    S = mmp.meshes.icosphere(3)
+    H = mmp.HeatKernel(S, 1, method="chebyshev", tol=1e-10)
+    x = torch.randn(S.n_vertices, 32, dtype=torch.complex128,
+                    generator=torch.Generator().manual_seed(5))
+    t = torch.logspace(-3, -1, 32, dtype=torch.float64)
+    y = H(x, t)
+    assert H._fused(x) is not None and fused_mod._STATE["used"]
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_forked_flow, args=(H, x, t, queue))
+    child.start()
+    deadline = time.monotonic() + 120
+    while True:   # read before joining: the child exits only once its result is consumed
+        try:
+            torch_path, y_child = queue.get(timeout=1)
+            break
+        except Empty:   # pragma: no cover - the failure this test guards against
+            if not child.is_alive() or time.monotonic() > deadline:
+                child.kill()
+                pytest.fail(f"the forked child died or hung (exit code {child.exitcode})")
+    child.join(30)
+    assert child.exitcode == 0
+    assert torch_path
+    assert np.abs(y_child - y.numpy()).max() <= 1e-12 * np.abs(y.numpy()).max()
+    assert fused_available()   # the parent itself is unaffected
+
+
+def test_kernels_refuse_to_run_in_a_forked_child(monkeypatch: pytest.MonkeyPatch) -> None:
+    from manifoldmp.spectral import fused as fused_mod
+
+    S = _scrambled_operator(0)
+    op = FusedOperator.from_scipy(S)
+    monkeypatch.setitem(fused_mod._STATE, "forked", True)
+    assert not fused_available()
+    with pytest.raises(fused_mod.FusedUnavailable, match="forked after its parent"):
+        FusedRecurrence(op, np.ones((S.shape[0], 2)), np.ones(S.shape[0]))
+    H = mmp.HeatKernel(mmp.meshes.icosphere(2), 0, method="chebyshev", tol=1e-8)
+    assert H._fused(torch.ones(H.n_vertices, 64, dtype=torch.float64)) is None
