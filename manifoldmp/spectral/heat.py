@@ -113,7 +113,10 @@ class HeatKernel:
         Where the operators live and the work happens (default CPU).
     dtype : torch.dtype
         Real precision, ``torch.float64`` (default) or ``torch.float32``; complex work uses the
-        matching complex dtype. Inputs are cast to it.
+        matching complex dtype. Inputs are cast to it. A float32 Chebyshev flow whose stated
+        bound would exceed ``max(tol, 1e-5)`` (its rounding floor grows with the degree: every
+        degree above 21) runs its recurrence in float64 and returns float32
+        (:data:`~manifoldmp.spectral.chebyshev.FLOAT32_ACCURACY`).
 
     Examples
     --------
