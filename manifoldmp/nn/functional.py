@@ -44,8 +44,8 @@ HEAT_METHODS = ("spectral", "krylov", "chebyshev", "implicit", "explicit")
 
 #: The Chebyshev flows on the CPU use the fused kernels (:mod:`manifoldmp.spectral.fused`)
 #: where the input is wide enough; ``False`` keeps torch's sparse product (the tests compare).
-#: Layer-sized inputs (armadillo, 14.6k vertices, float32, 64 channels): 1.6x (type 0) and
-#: 2.2x (type 1) faster per flow (benchmarks/README.md).
+#: Layer-sized inputs (armadillo and boot, 15k-20k vertices, 64 channels, float32 or float64):
+#: 1.1-1.6x (type 0) and 1.9-3.7x (type 1) faster per flow (benchmarks/bench_fused.py).
 FUSED = True
 
 

@@ -51,11 +51,11 @@ log = logging.getLogger(__name__)
 ROW_BYTES = 512
 
 #: Narrowest input the callers hand to the fused kernels, in bytes per row (complex columns
-#: count twice): below it the scalar loops over a few columns lose to torch's product. The
-#: fused recurrence against torch's, float32 and float64, 4 to 64 channels: at 64 bytes
-#: 0.62-0.97x (real) and 0.85-1.41x (complex) on 10k-20k-vertex meshes, at 128 bytes
-#: 0.95-1.19x and 1.09-1.67x, at 256 bytes 1.34-1.93x and 1.77-2.63x
-#: (benchmarks/README.md). The kernels themselves take any width.
+#: count twice): below it the scalar loops over a few columns lose to torch's product.
+#: Torch's flow time over the fused one (benchmarks/bench_fused.py: icosphere(5), armadillo,
+#: boot, float32 and float64): at 32 bytes 0.53-1.57x, at 64 bytes 0.78-1.52x (real) and
+#: 0.97-2.39x (complex), at 128 bytes 0.87-2.18x and 1.23-4.55x, at 256 bytes 1.37-2.59x and
+#: 1.83-4.16x. The kernels themselves take any width.
 MIN_INPUT_ROW_BYTES = 128
 
 #: Least chunk length in rows (below, the per-chunk loop overhead shows); the chunk is never
