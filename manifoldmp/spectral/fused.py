@@ -73,14 +73,12 @@ class FusedUnavailable(ManifoldmpError):
     """The fused kernels cannot run in this process (see :func:`fused_available`)."""
 
 
-#: ``used``: this process launched the parallel kernels; ``forked``: it is a child forked
-#: after its parent (or an ancestor) did.
-_STATE = {"used": False, "forked": False}
+#: ``forked``: this process is a forked child (of a parent that had imported this module).
+_STATE = {"forked": False}
 
 
 def _after_fork_in_child() -> None:
-    if _STATE["used"]:
-        _STATE["forked"] = True
+    _STATE["forked"] = True
 
 
 if hasattr(os, "register_at_fork"):   # POSIX
@@ -90,10 +88,13 @@ if hasattr(os, "register_at_fork"):   # POSIX
 def fused_available() -> bool:
     """Whether the fused kernels can run: numba importable, and not in a forked child.
 
-    Numba's OpenMP threading layer (GNU libgomp) is not fork-safe: in a process forked after
-    its parent ran the parallel kernels (a ``DataLoader`` worker with the default ``fork``
-    start method, say), the next parallel launch hangs. Such children take torch's path
-    instead; children started with ``spawn``, or forked before any use, are not affected.
+    Numba's OpenMP threading layer shares GNU libgomp with torch, and libgomp is not
+    fork-safe: in a child forked after the parent ran any OpenMP region (torch's own
+    operations count, not only these kernels), the kernels' next parallel launch hangs or
+    aborts ("fork() called from a process already using GNU OpenMP"). That is every
+    ``DataLoader`` worker with the default ``fork`` start method. Forked children therefore take
+    torch's path (which works there once the child sets one thread, as ``DataLoader`` does);
+    children started with ``spawn`` are not affected.
     """
     return numba is not None and not _STATE["forked"]
 
@@ -392,9 +393,8 @@ class FusedRecurrence:
             raise FusedUnavailable(
                 "the fused kernels cannot run here: "
                 + ("numba is not installed" if numba is None else
-                   "this process was forked after its parent ran them (numba's OpenMP layer "
-                   "is not fork-safe); use the torch path or the 'spawn' start method"))
-        _STATE["used"] = True
+                   "this process is a forked child (numba's OpenMP layer is not fork-safe); "
+                   "use the torch path or the 'spawn' start method"))
         if x.ndim != 2 or x.shape[0] != op.n:
             raise ParameterError(f"x must have shape ({op.n}, C), got {x.shape}")
         if x.dtype.kind not in "fc" or np.finfo(x.dtype).dtype != op.dtype:

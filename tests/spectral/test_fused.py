@@ -159,10 +159,12 @@ def _forked_flow(H: mmp.HeatKernel, x: torch.Tensor, t: torch.Tensor, queue: obj
 
 
 @pytest.mark.skipif(not hasattr(__import__("os"), "register_at_fork"), reason="needs fork")
-def test_a_child_forked_after_use_takes_the_torch_path() -> None:
+@pytest.mark.parametrize("parent_used_fused", [True, False])
+def test_a_forked_child_takes_the_torch_path(parent_used_fused: bool) -> None:
     """numba's OpenMP layer is not fork-safe: a DataLoader-style worker forked after the
-    parent ran the kernels used to be killed ("fork() called from a process already using GNU
-    OpenMP"); it now runs torch's product and gets the same flow."""
+    parent ran the kernels was killed ("fork() called from a process already using GNU
+    OpenMP"), and one forked after the parent ran only torch's OpenMP hung in them; it now
+    runs torch's product and gets the same flow."""
     import multiprocessing as mp
     import time
     from queue import Empty
@@ -174,8 +176,11 @@ def test_a_child_forked_after_use_takes_the_torch_path() -> None:
     x = torch.randn(S.n_vertices, 32, dtype=torch.complex128,
                     generator=torch.Generator().manual_seed(5))
     t = torch.logspace(-3, -1, 32, dtype=torch.float64)
+    H.FUSED = parent_used_fused
     y = H(x, t)
-    assert H._fused(x) is not None and fused_mod._STATE["used"]
+    torch.isfinite(torch.ones(2_000_000, 4)).all()   # an OpenMP region of torch's own
+    H.FUSED = True
+    assert H._fused(x) is not None and not fused_mod._STATE["forked"]
     ctx = mp.get_context("fork")
     queue = ctx.Queue()
     child = ctx.Process(target=_forked_flow, args=(H, x, t, queue))
@@ -203,7 +208,7 @@ def test_kernels_refuse_to_run_in_a_forked_child(monkeypatch: pytest.MonkeyPatch
     op = FusedOperator.from_scipy(S)
     monkeypatch.setitem(fused_mod._STATE, "forked", True)
     assert not fused_available()
-    with pytest.raises(fused_mod.FusedUnavailable, match="forked after its parent"):
+    with pytest.raises(fused_mod.FusedUnavailable, match="forked child"):
         FusedRecurrence(op, np.ones((S.shape[0], 2)), np.ones(S.shape[0]))
     H = mmp.HeatKernel(mmp.meshes.icosphere(2), 0, method="chebyshev", tol=1e-8)
     assert H._fused(torch.ones(H.n_vertices, 64, dtype=torch.float64)) is None
