@@ -212,3 +212,20 @@ def test_kernels_refuse_to_run_in_a_forked_child(monkeypatch: pytest.MonkeyPatch
         FusedRecurrence(op, np.ones((S.shape[0], 2)), np.ones(S.shape[0]))
     H = mmp.HeatKernel(mmp.meshes.icosphere(2), 0, method="chebyshev", tol=1e-8)
     assert H._fused(torch.ones(H.n_vertices, 64, dtype=torch.float64)) is None
+
+
+def test_first_use_per_precision_is_logged(monkeypatch: pytest.MonkeyPatch,
+                                           caplog: pytest.LogCaptureFixture) -> None:
+    """The first use may compile for seconds: said once per precision, through logging."""
+    import logging
+
+    from manifoldmp.spectral import fused as fused_mod
+
+    monkeypatch.setattr(fused_mod, "_LOADED", set())
+    S = _scrambled_operator(0)
+    with caplog.at_level(logging.INFO, logger="manifoldmp.spectral.fused"):
+        for dtype in (np.float64, np.float64, np.float32):
+            op = FusedOperator.from_scipy(S, dtype)
+            FusedRecurrence(op, np.ones((S.shape[0], 2), dtype=dtype), np.ones(S.shape[0]))
+    firsts = [r.getMessage() for r in caplog.records if "first use" in r.getMessage()]
+    assert len(firsts) == 2 and "float64" in firsts[0] and "float32" in firsts[1]
