@@ -12,10 +12,11 @@ block product per degree, written in place into the block it replaces, and one a
 No inner products, no basis, no dense ``m x m`` problem; on a GPU nothing leaves the device.
 Complex features of a complex operator run on its stacked real form (:func:`stacked_real`):
 MKL's real product is faster than its complex one on the same data.
-On the CPU, :class:`~manifoldmp.HeatKernel` runs the same recurrence through the fused
-kernels of :mod:`~manifoldmp.spectral.fused` (:func:`chebyshev_expm_fused`): two degrees and
-their accumulation per pass over memory, 1.7x faster on a 100k-vertex mesh; the degree rule
-and bound below are shared (``_expand``).
+On the CPU, :class:`~manifoldmp.HeatKernel` and the layers run the same recurrence through
+the fused kernels of :mod:`~manifoldmp.spectral.fused` (:func:`chebyshev_expm_fused`) for
+inputs of at least 128 bytes per row: two degrees and their accumulation per pass over
+memory, 1.7x faster on a 100k-vertex mesh; the degree rule and bound below are shared
+(``_expand``).
 
 Error: ``|T_k| <= 1`` on ``[-1, 1]``, so for every ``z``
 ``||p_m(B) z - exp(-t B) z|| <= tail_m ||z||`` with ``tail_m = sum_{k > m} |c_k|``, computed
@@ -178,10 +179,36 @@ def _first_degree(tail: np.ndarray, rel: np.ndarray | float, eps: float) -> int 
     return int(np.argmax(good)) if good.any() else None
 
 
+#: Recent results of :func:`_all_coefficients` (key: the times' bytes and ``max_degree``).
+#: The Bessel evaluations cost 0.3 ms (64 columns, ``t b`` up to 1e3), 32 ms (up to 5e4) and
+#: 300 ms (up to 2e6), and the same times come back: a layer's backward pass after its
+#: forward, a float32 flow's float64 redo after the check of :func:`_float32_cannot_reach`
+#: (armadillo, float32, 64 channels, forward + backward: 527 against 591 ms for type 0, 1205
+#: against 1271 ms for type 1). Entries above ``_COEF_CACHE_BYTES`` are not kept.
+_COEF_CACHE: dict[tuple[bytes, int], tuple[np.ndarray, np.ndarray]] = {}
+_COEF_CACHE_SIZE = 8
+_COEF_CACHE_BYTES = 8 * 2**20
+
+
 def _all_coefficients(w: np.ndarray, max_degree: int) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`chebyshev_coefficients` up to where they vanish (at most ``max_degree``)."""
+    """:func:`chebyshev_coefficients` up to where they vanish (at most ``max_degree``).
+
+    Read-only arrays, shared between calls with the same ``w`` (``_COEF_CACHE``).
+    """
+    w = np.ascontiguousarray(w, dtype=np.float64)
+    key = (w.tobytes(), int(max_degree))
+    hit = _COEF_CACHE.get(key)
+    if hit is not None:
+        return hit
     n = min(max_degree, max((_n_terms(float(v)) for v in np.unique(w)), default=1))
-    return chebyshev_coefficients(w, n)
+    coef, tail = chebyshev_coefficients(w, n)
+    coef.flags.writeable = False
+    tail.flags.writeable = False
+    if _COEF_CACHE_SIZE > 0 and coef.nbytes + tail.nbytes <= _COEF_CACHE_BYTES:
+        if len(_COEF_CACHE) >= _COEF_CACHE_SIZE:
+            _COEF_CACHE.pop(next(iter(_COEF_CACHE)))   # the oldest
+        _COEF_CACHE[key] = (coef, tail)
+    return coef, tail
 
 
 def chebyshev_degree(w: np.ndarray, rel: np.ndarray | float, *, max_degree: int,
@@ -318,7 +345,7 @@ class _TorchRecurrence:
 
     def advance(self, degree: int, coef: np.ndarray) -> None:
         z, step = self.z, self.step
-        ct = torch.as_tensor(coef[: degree + 1], dtype=self.real, device=z.device).to(z.dtype)
+        ct = torch.tensor(coef[: degree + 1], dtype=self.real, device=z.device).to(z.dtype)
         if self.y is None:
             self.y = z * ct[0][None, :]
         for k in range(self.done + 1, degree + 1):
@@ -335,7 +362,7 @@ class _TorchRecurrence:
 
     def result(self, tail: np.ndarray) -> torch.Tensor:
         z = self.z
-        self.y.addcmul_(z, torch.as_tensor(tail, dtype=self.real, device=z.device).to(z.dtype)
+        self.y.addcmul_(z, torch.tensor(tail, dtype=self.real, device=z.device).to(z.dtype)
                         [None, :])
         return self.y
 
@@ -482,8 +509,9 @@ def _float32_cannot_reach(bound: float, t: torch.Tensor, tol: float, target: flo
     ``||z|| / ||y||``, and the heat flow does not grow ``z``: so once the floor at the first
     degree ``m`` the rule picks exceeds ``target``, the float32 run would only be redone in
     float64. With ``FLOAT32_ACCURACY = 1e-5`` that is every degree above 21 (the layers'
-    learned times on 15k-20k-vertex meshes: degree 280-300, floor 1.3e-4). Costs the
-    coefficients once more (well under a millisecond).
+    learned times on 15k-20k-vertex meshes: degree 280-300, floor 1.3e-4). The coefficients
+    it computes are the float64 run's (same times), so they are computed once
+    (:func:`_all_coefficients` keeps them).
     """
     w = 0.5 * float(bound) * t.detach().cpu().double().numpy().reshape(-1)
     if w.size == 0 or not np.all(np.isfinite(w)) or np.any(w < 0):

@@ -260,3 +260,27 @@ def test_float32_flow_goes_to_float64_when_its_rounding_floor_cannot_reach_tol(
         ref = la.expm(-t * A) @ x
         assert np.abs(y.numpy() - ref).max() <= 1e-5 * np.abs(ref).max(), t
     assert "float32 rounding floor alone exceeds" in caplog.text
+
+
+def test_coefficients_are_computed_once_per_times(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same times (a backward pass, a float64 redo) reuse the coefficients, read-only."""
+    from manifoldmp.spectral import chebyshev as cheb
+
+    monkeypatch.setattr(cheb, "_COEF_CACHE", {})
+    w = np.array([0.3, 40.0, 900.0])
+    calls = []
+    real = cheb.chebyshev_coefficients
+    monkeypatch.setattr(cheb, "chebyshev_coefficients",
+                        lambda w, n: calls.append(n) or real(w, n))
+    coef, tail = cheb._all_coefficients(w, 20000)
+    again = cheb._all_coefficients(w.copy(), 20000)
+    assert len(calls) == 1 and again[0] is coef and again[1] is tail
+    ref_c, ref_t = real(w, coef.shape[0] - 1)
+    assert np.array_equal(coef, ref_c) and np.array_equal(tail, ref_t)
+    assert not coef.flags.writeable and not tail.flags.writeable
+    cheb._all_coefficients(w, 50)                     # another max_degree: another entry
+    cheb._all_coefficients(np.array([0.3, 40.0]), 20000)
+    assert len(calls) == 3
+    for k in range(cheb._COEF_CACHE_SIZE + 2):        # bounded
+        cheb._all_coefficients(np.array([float(k + 1)]), 100)
+    assert len(cheb._COEF_CACHE) == cheb._COEF_CACHE_SIZE
