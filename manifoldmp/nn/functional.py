@@ -175,10 +175,8 @@ def _krylov_raw(ops: OperatorBundle, n: int, x: torch.Tensor, t: torch.Tensor, t
     if method == "chebyshev":
         fused = _fused_operator(ops, n, x)
 
-        def wide() -> tuple[Any, ...]:   # the float64 redo of a float32 flow
-            like = torch.empty(x.shape, dtype=torch.complex128 if x.is_complex()
-                               else torch.float64, device=x.device)   # (never touched)
-            f64 = _fused_operator(ops, n, like)
+        def wide(x64: torch.Tensor) -> tuple[Any, ...]:   # the float64 redo of a float32 flow
+            f64 = _fused_operator(ops, n, x64)
             return (ops.shifted_laplacian(n, torch.float64) if f64 is None else None,
                     ops._cache[key].double(), f64)
 

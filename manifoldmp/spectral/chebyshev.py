@@ -444,7 +444,7 @@ def stacked_real(S: sp.spmatrix) -> sp.csr_matrix:
 
 def heat_chebyshev(S: torch.Tensor, bound: float, sqrt_mass: torch.Tensor, x: torch.Tensor,
                    t: torch.Tensor, *, tol: float, max_degree: int = 20000,
-                   wide: Callable[[], tuple[torch.Tensor, torch.Tensor]] | None = None,
+                   wide: Callable[[torch.Tensor], tuple[Any, ...]] | None = None,
                    fused: FusedOperator | None = None) -> tuple[torch.Tensor, ChebyshevInfo]:
     """``exp(-t M^-1 L) x = M^-1/2 exp(-t B) M^1/2 x`` by :func:`chebyshev_expm`, no autograd.
 
@@ -467,10 +467,10 @@ def heat_chebyshev(S: torch.Tensor, bound: float, sqrt_mass: torch.Tensor, x: to
         Relative tolerance on the output.
     max_degree : int
     wide : callable, optional
-        ``() -> (S, sqrt_mass)`` or ``(S, sqrt_mass, fused)`` in float64 (``S`` None only with a
-        ``fused`` that takes the float64 input). When ``x`` is float32 and the stated bound
-        exceeds ``max(tol, FLOAT32_ACCURACY)``, the flow is redone with these and returned in
-        ``x``'s dtype (the info is the float64 run's).
+        ``x64 -> (S, sqrt_mass)`` or ``(S, sqrt_mass, fused)`` in float64, given ``x`` in float64
+        (``S`` None only with a ``fused`` that takes ``x64``). When ``x`` is float32 and the
+        stated bound exceeds ``max(tol, FLOAT32_ACCURACY)``, the flow is redone with these and
+        returned in ``x``'s dtype (the info is the float64 run's).
     fused : FusedOperator, optional
         The same ``S`` (not stacked) for the fused CPU kernels
         (:func:`chebyshev_expm_fused`): used instead of ``S`` when ``x`` is on the CPU, of its
@@ -492,8 +492,8 @@ def heat_chebyshev(S: torch.Tensor, bound: float, sqrt_mass: torch.Tensor, x: to
         if not narrow or info.error_bound <= target:
             return y, info
     # the float32 rounding floor, relative to a small output (long times): float64 recurrence
-    S64, s64, *more = wide()
     x64 = x.detach().to(torch.complex128 if x.is_complex() else torch.float64)
+    S64, s64, *more = wide(x64)
     y64, info = _run(S64, bound, s64, x64, t.double(), target, max_degree,
                      more[0] if more else None)
     log.debug("chebyshev: float32 bound above %.1e; recomputed in float64 (bound %.1e)",

@@ -290,8 +290,9 @@ class HeatKernel:
     def _fused(self, x: torch.Tensor) -> FusedOperator | None:
         """``S`` for the fused CPU kernels (:mod:`~manifoldmp.spectral.fused`), or None.
 
-        None on other devices, without numba, or when :attr:`FUSED` is off (the tests set it
-        to compare with the torch recurrence).
+        None on other devices, without numba or in a forked child (:func:`fused_available`),
+        when :attr:`FUSED` is off (the tests set it to compare with the torch recurrence), or
+        for an input too narrow to gain (:func:`~manifoldmp.spectral.chebyshev._fused_fits`).
         """
         if not (self.FUSED and x.device.type == "cpu" and fused_available()):
             return None
@@ -508,10 +509,8 @@ class HeatKernel:
             s = torch.as_tensor(np.sqrt(self.mass), dtype=self.dtype, device=x.device)
             fused = self._fused(x)
 
-            def wide() -> tuple[Any, ...]:   # the float64 redo of a float32 flow
-                like = torch.empty(x.shape, dtype=torch.complex128 if x.is_complex()
-                                   else torch.float64, device=x.device)   # (never touched)
-                f64 = self._fused(like)
+            def wide(x64: torch.Tensor) -> tuple[Any, ...]:   # float64 redo of a float32 flow
+                f64 = self._fused(x64)
                 return (None if f64 is not None else self._shifted(x.device, torch.float64),
                         torch.as_tensor(np.sqrt(self.mass), dtype=torch.float64,
                                         device=x.device), f64)
