@@ -311,6 +311,9 @@ def chebyshev_expm_fused(op: FusedOperator, x: np.ndarray, scale: np.ndarray, t:
     t = np.asarray(t, dtype=np.float64).reshape(-1)
     if t.size != x.shape[1]:
         raise ParameterError(f"t must have one time per column ({x.shape[1]}), got {t.size}")
+    if x.dtype.kind in "fc" and not np.all(np.isfinite(x)):
+        raise ParameterError(f"x has {int(np.count_nonzero(~np.isfinite(x)))} non-finite "
+                             "entries; expected finite values")
     engine = FusedRecurrence(op, np.ascontiguousarray(x), scale, threads)
     tail, info = _expand(engine, t, bound, tol, max_degree, float(np.finfo(op.dtype).eps))
     return engine.result(tail), info

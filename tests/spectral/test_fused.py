@@ -146,6 +146,7 @@ def test_bad_input_is_refused() -> None:
         (lambda: chebyshev_expm_fused(op, x, s, np.ones(3), 1.0), "one time per column"),
         (lambda: chebyshev_expm_fused(op, x, s, np.ones(2), -1.0), "bound"),
         (lambda: chebyshev_expm_fused(op, x, s, -np.ones(2), 1.0), ">= 0"),
+        (lambda: chebyshev_expm_fused(op, x * np.nan, s, np.ones(2), 1.0), "non-finite"),
     ]
     for call, match in bad:
         with pytest.raises(ParameterError, match=match):
