@@ -184,10 +184,16 @@ def _krylov_raw(ops: OperatorBundle, n: int, x: torch.Tensor, t: torch.Tensor, t
                               ops.spectral_bound(n), ops._cache[key], x, t, tol=tol,
                               wide=wide, fused=fused)
         return y
-    y, _ = heat_lanczos(ops.symmetric_laplacian(n, x.dtype), ops._cache[key], x, t, tol=tol,
-                        wide=lambda: (ops.symmetric_laplacian(
-                            n, torch.complex128 if x.is_complex() else torch.float64),
-                            ops._cache[key].double()))
+    fused = _fused_operator(ops, n, x)
+
+    def wide_krylov(x64: torch.Tensor) -> tuple[Any, ...]:   # the float64 redo
+        f64 = _fused_operator(ops, n, x64)
+        return (ops.symmetric_laplacian(n, x64.dtype) if f64 is None else None,
+                ops._cache[key].double(), f64)
+
+    y, _ = heat_lanczos(ops.symmetric_laplacian(n, x.dtype) if fused is None else None,
+                        ops._cache[key], x, t, tol=tol, wide=wide_krylov, fused=fused,
+                        bound=ops.spectral_bound(n))
     return y
 
 

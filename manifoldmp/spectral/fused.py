@@ -44,7 +44,7 @@ import torch
 from manifoldmp.errors import ManifoldmpError, ParameterError
 from manifoldmp.operators.sparse import column_real_dot
 
-__all__ = ["FusedOperator", "FusedUnavailable", "fused_available"]
+__all__ = ["FusedLanczos", "FusedOperator", "FusedUnavailable", "fused_available"]
 
 log = logging.getLogger(__name__)
 
@@ -142,17 +142,26 @@ if numba is not None:
                     row[q] += a * X[j, q]
 
     @_jit(inline="always")
-    def _step_row(i, indptr, indices, dre, dim, X, Y, acc, c1, c2, cplx, row, mode):
-        # pragma: no cover - jit
+    def _step_row(i, indptr, indices, dre, dim, X, Y, acc, c1, c2, cplx, row, mode, gen, gu,
+                  gv, gw):  # pragma: no cover - jit
         """``Y[i] = (S X)[i] - Y[i]``, then an update of ``acc[i]``.
 
+        With ``gen``, the general three-term step ``Y[i] = gu (S X)[i] + gv X[i] + gw Y[i]``
+        (per-column coefficients; the Lanczos recurrence) instead.
         ``mode`` 0 adds ``c2 Y[i]``; 1 adds ``c1 X[i] + c2 Y[i]`` (the second of two degrees,
         ``X = y_{k+1}``); 2 adds nothing.
         """
         W = X.shape[1]
-        for q in range(W):
-            row[q] = -Y[i, q]
+        if gen:
+            for q in range(W):
+                row[q] = 0.0
+        else:
+            for q in range(W):
+                row[q] = -Y[i, q]
         _row_product(i, indptr, indices, dre, dim, X, row, cplx)
+        if gen:
+            for q in range(W):
+                row[q] = gu[q] * row[q] + gv[q] * X[i, q] + gw[q] * Y[i, q]
         if mode == 0:
             for q in range(W):
                 Y[i, q] = row[q]
@@ -166,8 +175,11 @@ if numba is not None:
                 Y[i, q] = row[q]
 
     @_jit(parallel=True)
-    def _first(indptr, indices, dre, dim, Z, Y, acc, c0, c1, bounds):  # pragma: no cover
-        """``Y = (S / 2) Z``, ``acc = c0 Z + c1 Y`` (the first degree)."""
+    def _first(indptr, indices, dre, dim, Z, Y, acc, c0, c1, u, v, bounds):  # pragma: no cover
+        """The first degree: ``Y = u (S Z) + v Z``, ``acc = c0 Z + c1 Y``.
+
+        Chebyshev: ``u = 1/2``, ``v = 0``.
+        """
         cplx = dim.shape[0] > 0
         W = Z.shape[1]
         for t in prange(bounds.shape[0] - 1):
@@ -177,18 +189,19 @@ if numba is not None:
                     row[q] = 0.0
                 _row_product(i, indptr, indices, dre, dim, Z, row, cplx)
                 for q in range(W):
-                    y = 0.5 * row[q]
+                    y = u[q] * row[q] + v[q] * Z[i, q]
                     Y[i, q] = y
                     acc[i, q] = c0[q] * Z[i, q] + c1[q] * y
 
     @_jit(parallel=True)
-    def _one(indptr, indices, dre, dim, X, Y, acc, c, bounds):  # pragma: no cover - jit
-        """One degree: ``Y = S X - Y`` in place, ``acc += c Y``."""
+    def _one(indptr, indices, dre, dim, X, Y, acc, c, gen, u, v, w, bounds):  # pragma: no cover
+        """One degree: ``Y = S X - Y`` in place (``gen``: ``u S X + v X + w Y``), ``acc += c Y``."""
         cplx = dim.shape[0] > 0
         for t in prange(bounds.shape[0] - 1):
             row = np.empty_like(X[0])
             for i in range(bounds[t], bounds[t + 1]):
-                _step_row(i, indptr, indices, dre, dim, X, Y, acc, c, c, cplx, row, 0)
+                _step_row(i, indptr, indices, dre, dim, X, Y, acc, c, c, cplx, row, 0, gen, u, v,
+                          w)
 
     @_jit(inline="always")
     def _chunk(a, e, c, nc, R):  # pragma: no cover - jit
@@ -198,8 +211,12 @@ if numba is not None:
         return lo, hi
 
     @_jit(parallel=True)
-    def _two(indptr, indices, dre, dim, P, Cur, acc, c1, c2, bounds, R):  # pragma: no cover
+    def _two(indptr, indices, dre, dim, P, Cur, acc, c1, c2, gen, u1, v1, w1, u2, v2, w2,
+             bounds, R):  # pragma: no cover - jit
         """Two degrees: ``P = S Cur - P`` then ``Cur = S P - Cur``; ``acc += c1 P + c2 Cur``.
+
+        With ``gen`` the steps are general three-term steps (:func:`_step_row`) with the
+        coefficients ``(u1, v1, w1)`` and ``(u2, v2, w2)``.
 
         ``bounds`` splits the rows into one contiguous range per thread, each at least ``R``
         rows long; ``R`` is at least the bandwidth of ``S``.
@@ -216,14 +233,14 @@ if numba is not None:
                     lo, hi = _chunk(a, e, c, nc, R)
                     for i in range(lo, hi):
                         _step_row(i, indptr, indices, dre, dim, Cur, P, acc, c1, c2, cplx, row,
-                                  2)
+                                  2, gen, u1, v1, w1)
                 # chunk c - 1 once its neighbours (chunks c - 2 .. c) have y_{k+1}; the first
                 # and last chunk of the range wait for the other threads (second pass)
                 if 1 <= c - 1 < nc - 1:
                     lo, hi = _chunk(a, e, c - 1, nc, R)
                     for i in range(lo, hi):
                         _step_row(i, indptr, indices, dre, dim, P, Cur, acc, c1, c2, cplx, row,
-                                  1)
+                                  1, gen, u2, v2, w2)
         for u in prange(2 * T):
             t = u // 2
             a = bounds[t]
@@ -234,7 +251,52 @@ if numba is not None:
             lo, hi = _chunk(a, e, 0 if u % 2 == 0 else nc - 1, nc, R)
             row = np.empty_like(P[0])
             for i in range(lo, hi):
-                _step_row(i, indptr, indices, dre, dim, P, Cur, acc, c1, c2, cplx, row, 1)
+                _step_row(i, indptr, indices, dre, dim, P, Cur, acc, c1, c2, cplx, row, 1, gen,
+                          u2, v2, w2)
+
+    @_jit(parallel=True)
+    def _lanczos_product(indptr, indices, dre, dim, R, Pin, P, inv, cp, first, part, bounds):
+        # pragma: no cover - jit
+        """``P = inv (S R) - cp Pin`` row by row, and ``part[t] = sum_i R[i] * P[i]`` per thread.
+
+        ``Pin`` is not read when ``first``; it may be ``P``. The partial sums are per column,
+        accumulated in float64.
+        """
+        cplx = dim.shape[0] > 0
+        W = R.shape[1]
+        for t in prange(bounds.shape[0] - 1):
+            row = np.empty_like(R[0])
+            sums = np.zeros(W)
+            for i in range(bounds[t], bounds[t + 1]):
+                for q in range(W):
+                    row[q] = 0.0
+                _row_product(i, indptr, indices, dre, dim, R, row, cplx)
+                if first:
+                    for q in range(W):
+                        y = inv[q] * row[q]
+                        P[i, q] = y
+                        sums[q] += R[i, q] * y
+                else:
+                    for q in range(W):
+                        y = inv[q] * row[q] - cp[q] * Pin[i, q]
+                        P[i, q] = y
+                        sums[q] += R[i, q] * y
+            for q in range(W):
+                part[t, q] = sums[q]
+
+    @_jit(parallel=True)
+    def _lanczos_update(P, R, c, part, bounds):  # pragma: no cover - jit
+        """``P -= c R`` and per thread ``part[t] = sum_i P[i]**2`` (per column, float64)."""
+        W = R.shape[1]
+        for t in prange(bounds.shape[0] - 1):
+            sums = np.zeros(W)
+            for i in range(bounds[t], bounds[t + 1]):
+                for q in range(W):
+                    y = P[i, q] - c[q] * R[i, q]
+                    P[i, q] = y
+                    sums[q] += y * y
+            for q in range(W):
+                part[t, q] = sums[q]
 
     @_jit(parallel=True)
     def _gather(x, perm, s, out, bounds):  # pragma: no cover - jit
@@ -431,6 +493,12 @@ class FusedRecurrence:
         self.cur = list(self.z)
         self.acc = [_fresh(z.shape, op.dtype) for z in self.z]
         self.done = -1
+        #: blocks the first degree may write into instead of fresh ones (one per column block)
+        self.spare: list[np.ndarray | None] | None = None
+        w = max(c1 - c0 for c0, c1 in self.blocks) * (2 if self.split else 1)
+        self._dummy = (np.zeros(w, dtype=op.dtype),) * 3   # unused coefficients (Chebyshev)
+        self._cheb_first = [(self._coef(np.full(C, 0.5), blk), self._coef(np.zeros(C), blk))
+                            for blk in self.blocks]   # y_1 = S y_0 / 2
 
     def _planes(self, a: np.ndarray) -> np.ndarray:
         """``(V, C, 2)`` real view of complex ``a``, ``(V, C, 1)`` of real ``a``."""
@@ -459,28 +527,46 @@ class FusedRecurrence:
             out.append(sq[: c1 - c0] + sq[c1 - c0:] if self.split else sq)
         return np.sqrt(np.concatenate(out))
 
-    def advance(self, degree: int, coef: np.ndarray) -> None:
-        """Run the recurrence up to ``degree``, adding ``coef[k] y_k``; ``coef : (n, C)``."""
+    def advance(self, degree: int, coef: np.ndarray,
+                three_term: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> None:
+        """Run the recurrence up to ``degree``, adding ``coef[k] y_k``; ``coef : (n, C)``.
+
+        ``three_term = (u, v, w)``, each ``(n, C)``: the general recurrence
+        ``y_k = u_k S y_{k-1} + v_k y_{k-1} + w_k y_{k-2}`` (``w_1`` unused) instead of
+        Chebyshev's ``y_1 = S y_0 / 2``, ``y_k = S y_{k-1} - y_{k-2}``.
+        """
         args = self.op._args()
+        gen = three_term is not None
         for b, blk in enumerate(self.blocks):
             done = self.done
             acc, z = self.acc[b], self.z[b]
+
+            def g(k: int, blk: tuple[int, int] = blk) -> tuple[np.ndarray, ...]:
+                if three_term is None:
+                    return self._dummy
+                return tuple(self._coef(a[k], blk) for a in three_term)
+
             if done < 0:
                 if degree < 1:
                     np.multiply(z, self._coef(coef[0], blk)[None, :], out=acc)
                     continue
-                self.prev[b], self.cur[b] = z, _fresh(z.shape, self.op.dtype)
+                spare = self.spare[b] if self.spare is not None else None
+                self.prev[b], self.cur[b] = z, (spare if spare is not None
+                                                else _fresh(z.shape, self.op.dtype))
+                u, v = g(1)[:2] if gen else self._cheb_first[b]
                 _first(*args, z, self.cur[b], acc, self._coef(coef[0], blk),
-                       self._coef(coef[1], blk), self.bounds)
+                       self._coef(coef[1], blk), u, v, self.bounds)
                 done = 1
             prev, cur = self.prev[b], self.cur[b]
             while done < degree:
                 if degree - done >= 2:
                     _two(*args, prev, cur, acc, self._coef(coef[done + 1], blk),
-                         self._coef(coef[done + 2], blk), self.bounds, self.op.chunk)
+                         self._coef(coef[done + 2], blk), gen, *g(done + 1), *g(done + 2),
+                         self.bounds, self.op.chunk)
                     done += 2
                 else:
-                    _one(*args, cur, prev, acc, self._coef(coef[done + 1], blk), self.bounds)
+                    _one(*args, cur, prev, acc, self._coef(coef[done + 1], blk), gen,
+                         *g(done + 1), self.bounds)
                     prev, cur = cur, prev
                     done += 1
             self.prev[b], self.cur[b] = prev, cur
@@ -496,3 +582,99 @@ class FusedRecurrence:
             _scatter(acc, self.op.perm, self.s, xp[:, c0:c1],
                      np.ascontiguousarray(tail[c0:c1]), planes[:, c0:c1], self.bounds)
         return out
+
+
+class FusedLanczos(FusedRecurrence):
+    """Lanczos on the ``S`` of a :class:`FusedOperator`, one Krylov space per column.
+
+    The engine of :func:`~manifoldmp.spectral.krylov.lanczos_expm_fused`. A step is two
+    parallel passes over the rows: the sparse product with the subtraction of the previous
+    vector and the partial sums of ``q^H w`` (:func:`_lanczos_product`), then the subtraction
+    of ``alpha q`` with the partial sums of ``||w||^2`` (:func:`_lanczos_update`). Vectors stay
+    unnormalized (``r_j = beta_j q_j``); the scalings go into the next step's coefficients, so
+    no pass only normalizes. The basis is not stored: :meth:`combine` regenerates it through
+    the general three-term recurrence of :meth:`FusedRecurrence.advance` (two steps per pass,
+    as the Chebyshev recurrence), with the sum of the basis vectors formed on the way.
+    Three blocks of memory per column block, as the Chebyshev recurrence.
+
+    Parameters are those of :class:`FusedRecurrence`.
+    """
+
+    def __init__(self, op: FusedOperator, x: np.ndarray, scale: np.ndarray,
+                 threads: int | None = None) -> None:
+        super().__init__(op, x, scale, threads)
+        C = x.shape[1]
+        self.norm0 = self.input_norms()
+        self.inv = 1.0 / np.where(self.norm0 > 0, self.norm0, 1.0)   # q_j = inv r_j
+        self.cp = np.zeros(C)             # beta_j inv_{j-1}: coefficient of r_{j-1}
+        self.r: list[np.ndarray] = list(self.z)               # r_j (z: never written)
+        self.rprev: list[np.ndarray | None] = [None] * len(self.blocks)
+        self.steps = 0
+        T = len(self.bounds) - 1
+        self._part = [np.zeros((T, z.shape[1])) for z in self.z]
+
+    def _sums(self, b: int) -> np.ndarray:
+        """Column sums of the partial sums of block ``b``, both halves of split rows added."""
+        s = self._part[b].sum(axis=0)
+        return s[: s.size // 2] + s[s.size // 2:] if self.split else s
+
+    def step(self) -> tuple[np.ndarray, np.ndarray]:
+        """One Lanczos step on ``S``: ``(alpha_j, beta_{j+1})``, ``(C,)`` float64 each."""
+        args = self.op._args()
+        C = self.x.shape[1]
+        alpha, beta2 = np.empty(C), np.empty(C)
+        first = self.steps == 0
+        for b, blk in enumerate(self.blocks):
+            R, Pin = self.r[b], self.rprev[b]
+            # write over r_{j-1}, except the input z (kept for the second pass)
+            if Pin is None:
+                out = self.acc[b]          # not needed before the second pass
+            elif Pin is self.z[b]:
+                out = _fresh(R.shape, self.op.dtype)
+            else:
+                out = Pin
+            _lanczos_product(*args, R, R if Pin is None else Pin, out,
+                             self._coef(self.inv, blk), self._coef(self.cp, blk), first,
+                             self._part[b], self.bounds)
+            alpha[blk[0]:blk[1]] = self.inv[blk[0]:blk[1]] * self._sums(b)
+            _lanczos_update(out, R, self._coef(alpha * self.inv, blk), self._part[b],
+                            self.bounds)
+            beta2[blk[0]:blk[1]] = self._sums(b)
+            self.rprev[b], self.r[b] = R, out
+        beta = np.sqrt(beta2)
+        self.cp = beta * self.inv
+        self.inv = 1.0 / np.where(beta > 0, beta, 1.0)
+        self.steps += 1
+        return alpha, beta
+
+    def combine(self, alphas: np.ndarray, betas: np.ndarray, coef: np.ndarray) -> np.ndarray:
+        """``M^-1/2 sum_j coef_j ||z|| q_j`` in the input's order (the Lanczos approximation).
+
+        Parameters
+        ----------
+        alphas : (m, C) ndarray
+            ``alpha_0 .. alpha_{m-1}`` of :meth:`step`.
+        betas : (m - 1, C) ndarray
+            ``beta_1 .. beta_{m-1}``.
+        coef : (m, C) ndarray
+            Coefficients of the normalized basis vectors ``q_j``.
+        """
+        m = alphas.shape[0]
+        bsafe = np.where(betas > 0, betas, 1.0)
+        u = np.zeros((m, alphas.shape[1]))
+        v, w = np.zeros_like(u), np.zeros_like(u)
+        u[1:] = 1.0 / bsafe
+        v[1:] = -alphas[:-1] / bsafe
+        w[2:] = -betas[:-1] / bsafe[1:]
+        # the second pass writes into the first pass's blocks (y_0 = z, then the two others)
+        blocks = []
+        for b, z in enumerate(self.z):
+            own = [a for a in (self.r[b], self.rprev[b]) if a is not None and a is not z]
+            blocks.append(own + [_fresh(z.shape, self.op.dtype) for _ in range(2 - len(own))])
+        self.acc = [bl[0] for bl in blocks]
+        self.spare = [bl[1] for bl in blocks]
+        self.prev = [None] * len(self.blocks)
+        self.cur = list(self.z)
+        self.done = -1
+        self.advance(m - 1, coef, (u, v, w))
+        return self.result(np.zeros(self.x.shape[1]))

@@ -498,11 +498,17 @@ class HeatKernel:
         """Semigroup without autograd, without Casimir factor."""
         if method == "krylov":
             s = torch.as_tensor(np.sqrt(self.mass), dtype=self.dtype, device=x.device)
+            fused = self._fused(x)
+
+            def wide_krylov(x64: torch.Tensor) -> tuple[Any, ...]:   # float64 redo of float32
+                f64 = self._fused(x64)
+                return (None if f64 is not None else self._symmetric(x.device, x64.dtype),
+                        torch.as_tensor(np.sqrt(self.mass), dtype=torch.float64,
+                                        device=x.device), f64)
+
             y, info = heat_lanczos(
-                self._symmetric(x.device, x.dtype), s, x, t, tol=self.tol, wide=lambda: (
-                    self._symmetric(x.device, torch.complex128 if x.is_complex()
-                                    else torch.float64),
-                    torch.as_tensor(np.sqrt(self.mass), dtype=torch.float64, device=x.device)))
+                None if fused is not None else self._symmetric(x.device, x.dtype), s, x, t,
+                tol=self.tol, wide=wide_krylov, fused=fused, bound=self.spectral_bound())
             self.last_krylov = info
             return y
         if method == "chebyshev":

@@ -45,14 +45,18 @@ import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import torch
 
-from manifoldmp.errors import ManifoldmpError
+from manifoldmp.errors import ManifoldmpError, ParameterError
+from manifoldmp.mesh.validate import validate_int, validate_positive
 from manifoldmp.operators.sparse import column_real_dot
-from manifoldmp.spectral.chebyshev import FLOAT32_ACCURACY
+from manifoldmp.spectral.chebyshev import FLOAT32_ACCURACY, _fused_fits
+from manifoldmp.spectral.fused import FusedLanczos, FusedOperator
 
-__all__ = ["KrylovInfo", "KrylovNotConverged", "lanczos_expm"]
+__all__ = ["KrylovInfo", "KrylovNotConverged", "lanczos_expm", "lanczos_expm_fused"]
 # csr_product and heat_lanczos are internal: HeatKernel and nn.heat_flow call them after
 # validating their arguments
 
@@ -164,6 +168,110 @@ def _default_budget(device: torch.device) -> int:
         return 2**30
 
 
+class _Monitor:
+    """The stopping rule of the Lanczos iteration (module docstring), per column.
+
+    Shared by :func:`lanczos_expm` (torch) and :func:`lanczos_expm_fused` (fused CPU kernels):
+    both hand it the tridiagonal coefficients of ``B`` after every step.
+
+    Parameters
+    ----------
+    t : (C,) real tensor
+        Times.
+    norm0 : (C,) real tensor
+        Norms of the starting columns (a zero column has nothing to approximate).
+    tol, check_every
+        As in :func:`lanczos_expm`.
+    real : torch.dtype
+        Working real precision (its rounding floor ends a ``tol`` below it).
+    """
+
+    def __init__(self, t: torch.Tensor, norm0: torch.Tensor, tol: float, check_every: int,
+                 real: torch.dtype) -> None:
+        self.t, self.norm0, self.tol, self.every, self.real = t, norm0, tol, check_every, real
+        C = t.shape[0]
+        self.next_check = check_every
+        self.coef = torch.zeros(1, C, dtype=real, device=t.device)
+        self.log_scale = torch.zeros(C, dtype=real, device=t.device)
+        self.prev_coef: torch.Tensor | None = None
+        self.prev_log = torch.zeros(C, dtype=real, device=t.device)
+        self.changes: list[tuple[torch.Tensor, torch.Tensor]] = []  # (||y_m - y_p||, scale)
+        self.err = math.inf
+
+    def check(self, alphas: list[torch.Tensor], betas: list[torch.Tensor], beta: torch.Tensor,
+              steps: int, last: bool) -> bool:
+        """Whether to stop after step ``steps``.
+
+        ``alphas`` has ``steps`` entries, ``betas`` one less, ``beta`` is the norm of the new
+        residual. The estimate is evaluated only when due, on a breakdown or on the ``last``
+        step; it sets ``coef``, ``log_scale`` and ``err``.
+        """
+        alpha, real, C = alphas[-1], self.real, self.t.shape[0]
+        breakdown = bool(torch.all(beta <= 1e-14 * torch.abs(alpha).clamp_min(1e-300)))
+        if not (steps >= self.next_check or breakdown or last):
+            return False
+        self.next_check = steps + max(self.every, steps // 16)
+        a = torch.stack(alphas)
+        b = torch.stack(betas) if betas else a.new_zeros(0, C)
+        coef, log_scale = _expm_tridiag(a, b, self.t)  # (m, C) scaled, (C,)
+        ynorm = torch.linalg.vector_norm(coef, dim=0)
+        # the basis is orthonormal, so ||y_m - y_p|| is the norm of the coefficient
+        # difference. The change d_k since the last check estimates the error of y_m
+        # once convergence is fast; when it is slow (errors shrinking by r > 1/2 per
+        # check, long times), the error still to come is r / (1 - r) d_k > d_k, and the
+        # change alone was optimistic (1.5e-6 reached where 1e-6 was asked at
+        # t lambda_max = 700); r comes from a trend over several checks (_tail_estimate).
+        # Saad's beta_m |e_m^T exp(-tT) e_1| is used only until two changes exist: at
+        # long times it underestimates (it is the residual, and the error of the slowest
+        # mode grows like t times it: 2e-5 reached where 1e-6 was asked at
+        # t lambda_max = 700 while it took the minimum). Everything is compared in the
+        # current scale.
+        est = beta * torch.abs(coef[-1])
+        stalled = torch.zeros(C, dtype=torch.bool, device=beta.device)
+        if self.prev_coef is not None:
+            diff = coef.clone()
+            factor = torch.exp(self.prev_log - log_scale)
+            diff[: self.prev_coef.shape[0]] -= self.prev_coef * factor[None, :]
+            change = torch.linalg.vector_norm(diff, dim=0)
+            self.changes.append((change, log_scale))
+            if len(self.changes) >= 2:
+                # changes at the rounding floor: converged to working precision (a flat
+                # floor would read as r = 1 and never stop). The floor is absolute in the
+                # scaled coefficients (entries of U exp(..) U[0], all at most 1), not
+                # relative to ||y||, which is small when z barely touches the slowest mode
+                floor = 100 * torch.finfo(real).eps * ynorm.clamp_min(1.0)
+                stalled = change <= floor
+                est = torch.where(stalled, change,
+                                  _tail_estimate(self.changes, log_scale, real))
+        self.prev_coef, self.prev_log = coef, log_scale
+        self.coef, self.log_scale = coef, log_scale
+        rel = est / ynorm.clamp_min(torch.finfo(real).tiny)
+        rel = torch.where(self.norm0 > 0, rel, torch.zeros_like(rel))
+        self.err = float(rel.max())
+        # a column at the rounding floor cannot get better: a tol below working precision
+        # ends there (logged) instead of running to max_steps
+        floor_only = bool(torch.all((rel <= self.tol) | stalled)) and self.err > self.tol
+        if floor_only:
+            log.info("lanczos: tol %.1e is below the rounding floor of %s; stopped at "
+                     "an estimated %.1e after %d steps", self.tol, real, self.err, steps)
+        return self.err <= self.tol or breakdown or floor_only
+
+
+def _warn_indefinite(log_scale: torch.Tensor, t: torch.Tensor, alphas: list[torch.Tensor]
+                     ) -> None:
+    """Warn when a negative Ritz value makes the flow grow (``log_scale = -t theta_min``)."""
+    moving = t > 0
+    if bool(moving.any()):
+        theta_min = float((-log_scale / torch.where(moving, t, torch.ones_like(t)))[moving].min())
+        size = float(torch.stack(alphas).abs().max())
+        # a zero eigenvalue's Ritz value is only zero to rounding (float32, icosphere(3):
+        # -1.8e-5 with alpha up to 1.8e3); the threshold follows the precision
+        if theta_min < -max(1e-8, 1e3 * float(torch.finfo(log_scale.dtype).eps)) * size:
+            log.warning("the operator is indefinite (Ritz value %.3e < 0): the flow grows like "
+                        "exp(%.3e t) instead of decaying; negative cotan weights of a "
+                        "non-Delaunay mesh?", theta_min, -theta_min)
+
+
 def lanczos_expm(apply_B: Callable[..., torch.Tensor], z: torch.Tensor,
                  t: torch.Tensor, *, tol: float = 1e-10, max_steps: int = 1000,
                  check_every: int = 2, max_basis_bytes: int | None = None,
@@ -228,14 +336,8 @@ def lanczos_expm(apply_B: Callable[..., torch.Tensor], z: torch.Tensor,
     betas: list[torch.Tensor] = []
     basis: list[torch.Tensor] | None = [q]
     bytes_per = q.numel() * q.element_size()
-    coef = torch.zeros(1, C, dtype=real, device=z.device)
-    err = math.inf
     steps = 0
     converged = False
-    prev_coef: torch.Tensor | None = None
-    changes: list[tuple[torch.Tensor, torch.Tensor]] = []   # (||y_m - y_p||, its log scale)
-    prev_log = torch.zeros(C, dtype=real, device=z.device)
-    log_scale = torch.zeros(C, dtype=real, device=z.device)
     spare: torch.Tensor | None = None   # a block no longer referenced, for writes_into
 
     def product(x: torch.Tensor) -> torch.Tensor:
@@ -245,7 +347,7 @@ def lanczos_expm(apply_B: Callable[..., torch.Tensor], z: torch.Tensor,
             return apply_B(x, out=out)
         return apply_B(x)
 
-    next_check = check_every
+    monitor = _Monitor(t, norm0, tol, check_every, real)
     while steps < max_steps:
         w = product(q)
         # in-place updates: fresh (V, C) temporaries cost page faults that dominate on CPU
@@ -256,53 +358,9 @@ def lanczos_expm(apply_B: Callable[..., torch.Tensor], z: torch.Tensor,
         beta = column_real_dot(w, w, workspace=work).sqrt_()
         alphas.append(alpha)
         steps += 1
-        breakdown = bool(torch.all(beta <= 1e-14 * torch.abs(alpha).clamp_min(1e-300)))
-        if steps >= next_check or breakdown or steps == max_steps:
-            next_check = steps + max(check_every, steps // 16)
-            a = torch.stack(alphas)
-            b = torch.stack(betas) if betas else a.new_zeros(0, C)
-            coef, log_scale = _expm_tridiag(a, b, t)  # (m, C) scaled, (C,)
-            ynorm = torch.linalg.vector_norm(coef, dim=0)
-            # the basis is orthonormal, so ||y_m - y_p|| is the norm of the coefficient
-            # difference. The change d_k since the last check estimates the error of y_m
-            # once convergence is fast; when it is slow (errors shrinking by r > 1/2 per
-            # check, long times), the error still to come is r / (1 - r) d_k > d_k, and the
-            # change alone was optimistic (1.5e-6 reached where 1e-6 was asked at
-            # t lambda_max = 700); r comes from a trend over several checks (_tail_estimate).
-            # Saad's beta_m |e_m^T exp(-tT) e_1| is used only until two changes exist: at
-            # long times it underestimates (it is the residual, and the error of the slowest
-            # mode grows like t times it: 2e-5 reached where 1e-6 was asked at
-            # t lambda_max = 700 while it took the minimum). Everything is compared in the
-            # current scale.
-            est = beta * torch.abs(coef[-1])
-            stalled = torch.zeros(C, dtype=torch.bool, device=z.device)
-            if prev_coef is not None:
-                diff = coef.clone()
-                factor = torch.exp(prev_log - log_scale)
-                diff[: prev_coef.shape[0]] -= prev_coef * factor[None, :]
-                change = torch.linalg.vector_norm(diff, dim=0)
-                changes.append((change, log_scale))
-                if len(changes) >= 2:
-                    # changes at the rounding floor: converged to working precision (a flat
-                    # floor would read as r = 1 and never stop). The floor is absolute in the
-                    # scaled coefficients (entries of U exp(..) U[0], all at most 1), not
-                    # relative to ||y||, which is small when z barely touches the slowest mode
-                    floor = 100 * torch.finfo(real).eps * ynorm.clamp_min(1.0)
-                    stalled = change <= floor
-                    est = torch.where(stalled, change, _tail_estimate(changes, log_scale, real))
-            prev_coef, prev_log = coef, log_scale
-            rel = est / ynorm.clamp_min(torch.finfo(real).tiny)
-            rel = torch.where(norm0 > 0, rel, torch.zeros_like(rel))
-            err = float(rel.max())
-            # a column at the rounding floor cannot get better: a tol below working precision
-            # ends there (logged) instead of running to max_steps
-            floor_only = bool(torch.all((rel <= tol) | stalled)) and err > tol
-            if err <= tol or breakdown or floor_only:
-                if floor_only:
-                    log.info("lanczos: tol %.1e is below the rounding floor of %s; stopped at "
-                             "an estimated %.1e after %d steps", tol, real, err, steps)
-                converged = True
-                break
+        if monitor.check(alphas, betas, beta, steps, steps == max_steps):
+            converged = True
+            break
         betas.append(beta)
         beta_safe = torch.where(beta > 0, beta, torch.ones_like(beta))
         w.mul_(beta_safe.reciprocal().to(z.dtype)[None, :])
@@ -316,18 +374,11 @@ def lanczos_expm(apply_B: Callable[..., torch.Tensor], z: torch.Tensor,
             basis.append(q)
     if not converged:
         raise KrylovNotConverged(
-            f"Lanczos did not reach tol={tol:.1e} in {max_steps} steps (estimate {err:.1e}); "
-            "raise max_steps, loosen tol, or use the spectral/implicit method for large t")
-    moving = t > 0
-    if bool(moving.any()):   # log_scale = -t theta_min: a negative Ritz value means growth
-        theta_min = float((-log_scale / torch.where(moving, t, torch.ones_like(t)))[moving].min())
-        size = float(torch.stack(alphas).abs().max())
-        # a zero eigenvalue's Ritz value is only zero to rounding (float32, icosphere(3):
-        # -1.8e-5 with alpha up to 1.8e3); the threshold follows the precision
-        if theta_min < -max(1e-8, 1e3 * float(torch.finfo(real).eps)) * size:
-            log.warning("the operator is indefinite (Ritz value %.3e < 0): the flow grows like "
-                        "exp(%.3e t) instead of decaying; negative cotan weights of a "
-                        "non-Delaunay mesh?", theta_min, -theta_min)
+            f"Lanczos did not reach tol={tol:.1e} in {max_steps} steps (estimate "
+            f"{monitor.err:.1e}); raise max_steps, loosen tol, or use the spectral/implicit "
+            "method for large t")
+    coef, log_scale, err = monitor.coef, monitor.log_scale, monitor.err
+    _warn_indefinite(log_scale, t, alphas)
     m = coef.shape[0]
     scale = (coef * (torch.exp(log_scale) * norm0)[None, :]).to(z.dtype)  # (m, C)
     products = steps
@@ -357,6 +408,91 @@ def lanczos_expm(apply_B: Callable[..., torch.Tensor], z: torch.Tensor,
     return y, KrylovInfo(steps, products, err, basis is not None)
 
 
+def lanczos_expm_fused(op: FusedOperator, bound: float, x: np.ndarray, scale: np.ndarray,
+                       t: np.ndarray, *, tol: float = 1e-10, max_steps: int = 1000,
+                       check_every: int = 2, threads: int | None = None
+                       ) -> tuple[np.ndarray, KrylovInfo]:
+    """``M^-1/2 exp(-t_c B) M^1/2 x_c`` by the Lanczos method on the fused CPU kernels.
+
+    The same iteration and stopping rule as :func:`lanczos_expm`, run on the shifted operator
+    ``S = (4 / b) B - 2 I`` of the Chebyshev kernels (:class:`~.fused.FusedLanczos`): the
+    Krylov spaces of ``S`` and ``B`` are the same, and the tridiagonals map as
+    ``T_B = (b / 4) (T_S + 2 I)``. Always two passes (the basis is regenerated): a step of the
+    first makes two passes over memory where torch's makes about fourteen (product,
+    reductions, updates), and the second pass makes one per two steps.
+
+    Parameters
+    ----------
+    op : FusedOperator
+        ``S = (4 / bound) B - 2 I``, reordered.
+    bound : float
+        The ``b`` of ``op``.
+    x : (V, C) ndarray
+        Real or complex (complex for a complex ``op``), of ``op``'s precision.
+    scale : (V,) ndarray
+        ``sqrt(m_i)``.
+    t : (C,) ndarray
+        Non-negative times.
+    tol, max_steps, check_every
+        As in :func:`lanczos_expm`.
+    threads : int, optional
+        Row ranges run in parallel (default: torch's thread count).
+
+    Returns
+    -------
+    y : (V, C) ndarray
+        Same dtype as ``x``.
+    info : KrylovInfo
+    """
+    bound = validate_positive(bound, "bound")
+    tol = validate_positive(tol, "tol")
+    max_steps = validate_int(max_steps, "max_steps", minimum=1)
+    x = np.asarray(x)
+    if x.ndim != 2:
+        raise ParameterError(f"x must be a (V, C) array, got shape {x.shape}")
+    t = np.asarray(t, dtype=np.float64).reshape(-1)
+    if t.size != x.shape[1] or not np.all(np.isfinite(t)) or np.any(t < 0):
+        raise ParameterError(f"t must hold {x.shape[1]} finite non-negative times, got {t}")
+    if x.dtype.kind in "fc" and not np.all(np.isfinite(x)):
+        raise ParameterError(f"x has {int(np.count_nonzero(~np.isfinite(x)))} non-finite "
+                             "entries; expected finite values")
+    engine = FusedLanczos(op, np.ascontiguousarray(x), scale, threads)
+    real = torch.float32 if op.dtype == np.float32 else torch.float64
+    quarter = 0.25 * bound
+    monitor = _Monitor(torch.from_numpy(t).to(real), torch.from_numpy(engine.norm0).to(real),
+                       tol, check_every, real)
+    alphas_s: list[np.ndarray] = []
+    betas_s: list[np.ndarray] = []
+    alphas: list[torch.Tensor] = []
+    betas: list[torch.Tensor] = []
+    steps, converged = 0, False
+    while steps < max_steps:
+        a, b = engine.step()
+        steps += 1
+        alphas_s.append(a)
+        alphas.append(torch.from_numpy(quarter * (a + 2.0)).to(real))
+        beta = torch.from_numpy(quarter * b).to(real)
+        if monitor.check(alphas, betas, beta, steps, steps == max_steps):
+            converged = True
+            break
+        betas_s.append(b)
+        betas.append(beta)
+    if not converged:
+        raise KrylovNotConverged(
+            f"Lanczos did not reach tol={tol:.1e} in {max_steps} steps (estimate "
+            f"{monitor.err:.1e}); raise max_steps, loosen tol, or use the spectral/implicit "
+            "method for large t")
+    _warn_indefinite(monitor.log_scale, monitor.t, alphas)
+    coef = (monitor.coef * torch.exp(monitor.log_scale)[None, :]).double().numpy()
+    m = coef.shape[0]
+    C = x.shape[1]
+    y = engine.combine(np.array(alphas_s[:m]).reshape(m, C),
+                       np.array(betas_s[: m - 1]).reshape(m - 1, C), coef)
+    log.debug("lanczos (fused): %d steps, %d products, estimate %.1e", steps, steps + m - 1,
+              monitor.err)
+    return y, KrylovInfo(steps, steps + m - 1, monitor.err, False)
+
+
 def csr_product(B: torch.Tensor, X: torch.Tensor, out: torch.Tensor | None = None
                 ) -> torch.Tensor:
     """``B @ X`` for a sparse CSR ``B`` of ``X``'s dtype, written into ``out`` on CPU.
@@ -384,13 +520,18 @@ def csr_product(B: torch.Tensor, X: torch.Tensor, out: torch.Tensor | None = Non
     return torch.addmm(out, B, X, beta=0, out=out)
 
 
-def heat_lanczos(B: torch.Tensor, sqrt_mass: torch.Tensor, x: torch.Tensor, t: torch.Tensor, *,
-                 tol: float, wide: Callable[[], tuple[torch.Tensor, torch.Tensor]] | None = None
+def heat_lanczos(B: torch.Tensor | None, sqrt_mass: torch.Tensor, x: torch.Tensor,
+                 t: torch.Tensor, *, tol: float,
+                 wide: Callable[[torch.Tensor], tuple[Any, ...]] | None = None,
+                 fused: FusedOperator | None = None, bound: float | None = None
                  ) -> tuple[torch.Tensor, KrylovInfo]:
-    """``exp(-t M^-1 L) x = M^-1/2 exp(-t B) M^1/2 x`` by :func:`lanczos_expm`, no autograd.
+    """``exp(-t M^-1 L) x = M^-1/2 exp(-t B) M^1/2 x`` by the Lanczos method, no autograd.
 
     The one Krylov heat flow of the library: ``HeatKernel`` and the layers'
     ``heat_flow(method="krylov")`` both call it (they differ only in where ``B`` is cached).
+    It runs :func:`lanczos_expm_fused` where ``fused`` takes ``x`` (CPU, its precision, wide
+    enough: :data:`~manifoldmp.spectral.fused.MIN_INPUT_ROW_BYTES`), else
+    :func:`lanczos_expm` with torch's products.
 
     In float32 the rounding is relative to the input, so where the output is much smaller
     (long times) it loses digits: about ``eps * steps * ||z|| / ||y||`` per column
@@ -400,8 +541,9 @@ def heat_lanczos(B: torch.Tensor, sqrt_mass: torch.Tensor, x: torch.Tensor, t: t
 
     Parameters
     ----------
-    B : (V, V) sparse CSR Tensor
-        ``M^-1/2 L M^-1/2`` in ``x``'s dtype and on its device.
+    B : (V, V) sparse CSR Tensor or None
+        ``M^-1/2 L M^-1/2`` in ``x``'s dtype and on its device (None only with a ``fused``
+        operator that takes ``x``).
     sqrt_mass : (V,) real Tensor
         ``sqrt(m_i)``.
     x : (V, C) Tensor
@@ -410,7 +552,13 @@ def heat_lanczos(B: torch.Tensor, sqrt_mass: torch.Tensor, x: torch.Tensor, t: t
     tol : float
         Relative tolerance of the stopping rule.
     wide : callable, optional
-        ``() -> (B, sqrt_mass)`` in float64, for the float64 rerun described above.
+        ``x64 -> (B, sqrt_mass)`` or ``(B, sqrt_mass, fused)`` in float64, given ``x`` in
+        float64, for the float64 rerun described above (``B`` None only with a ``fused`` that
+        takes ``x64``).
+    fused : FusedOperator, optional
+        ``S = (4 / bound) B - 2 I`` for the fused CPU kernels (the Chebyshev method's).
+    bound : float, optional
+        The ``b`` of ``fused`` (required with it).
 
     Returns
     -------
@@ -418,22 +566,38 @@ def heat_lanczos(B: torch.Tensor, sqrt_mass: torch.Tensor, x: torch.Tensor, t: t
     info : KrylovInfo
         Of the float64 run where there was one.
     """
+    use_fused = fused is not None and bound is not None and _fused_fits(fused, x)
+    if B is None and not use_fused:
+        raise ParameterError("B may be None only with a fused operator (and its bound) that "
+                             f"takes x; x is {tuple(x.shape)} {x.dtype} on {x.device}")
     s = sqrt_mass[:, None].to(x.dtype)
-    z = s * x.detach()
-    y, info = lanczos_expm(lambda X, out=None: csr_product(B, X, out), z, t,
-                           tol=tol, writes_into=True)
-    if wide is not None and B.dtype in (torch.float32, torch.complex64):
+    if use_fused:
+        y_np, info = lanczos_expm_fused(
+            fused, float(bound), x.detach().resolve_conj().numpy(),
+            sqrt_mass.detach().cpu().numpy(), t.detach().cpu().numpy(), tol=tol)
+        y = torch.from_numpy(y_np)
+        low = x.dtype in (torch.float32, torch.complex64)
+        zn = column_real_dot(s * x.detach(), s * x.detach()).sqrt_() if low else None
+        yn = column_real_dot(s * y, s * y).sqrt_() if low else None
+    else:
+        z = s * x.detach()
+        y, info = lanczos_expm(lambda X, out=None: csr_product(B, X, out), z, t,
+                               tol=tol, writes_into=True)
+        zn = torch.linalg.vector_norm(z, dim=0)
+        yn = torch.linalg.vector_norm(y, dim=0)
+        y = y.div_(s)
+    if wide is not None and x.dtype in (torch.float32, torch.complex64):
         target = max(tol, FLOAT32_ACCURACY)
-        zn = torch.linalg.vector_norm(z, dim=0).double()
-        yn = torch.linalg.vector_norm(y, dim=0).double()
+        zn, yn = zn.double(), yn.double()
         ratio = float(torch.max(torch.where(yn > 0, zn / yn.clamp_min(1e-300),
                                             torch.zeros_like(zn))))
         rounding = torch.finfo(torch.float32).eps * max(info.steps, 1) * ratio
         if rounding > target:
-            B64, s64 = wide()
             x64 = x.detach().to(torch.complex128 if x.is_complex() else torch.float64)
-            y64, info = heat_lanczos(B64, s64, x64, t.double(), tol=tol)
+            got = wide(x64)
+            y64, info = heat_lanczos(got[0], got[1], x64, t.double(), tol=tol,
+                                     fused=got[2] if len(got) > 2 else None, bound=bound)
             log.debug("lanczos: float32 rounding estimate %.1e above %.1e; recomputed in "
                       "float64", rounding, target)
             return y64.to(x.dtype), info
-    return y.div_(s), info
+    return y, info

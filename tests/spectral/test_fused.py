@@ -1,9 +1,10 @@
-"""Fused CPU Chebyshev kernels against the plain recurrence and the torch path."""
+"""Fused CPU kernels (Chebyshev and Lanczos) against the plain loops and the torch path."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+import scipy.linalg as la
 import scipy.sparse as sp
 import torch
 
@@ -230,3 +231,186 @@ def test_first_use_per_precision_is_logged(monkeypatch: pytest.MonkeyPatch,
             FusedRecurrence(op, np.ones((S.shape[0], 2), dtype=dtype), np.ones(S.shape[0]))
     firsts = [r.getMessage() for r in caplog.records if "first use" in r.getMessage()]
     assert len(firsts) == 2 and "float64" in firsts[0] and "float32" in firsts[1]
+
+
+# ---------------------------------------------------------------- Lanczos on the fused kernels
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("case", ["real", "complex"])
+def test_general_recurrence_matches_the_plain_one(case: str, dtype: type) -> None:
+    """``y_k = u_k S y_{k-1} + v_k y_{k-1} + w_k y_{k-2}`` with per-column coefficients (the
+    Lanczos second pass) against the slow obvious loop, through every path of ``advance``."""
+    S = _scrambled_operator(1 if case == "complex" else 0, seed=2)
+    V = S.shape[0]
+    rng = np.random.default_rng(3)
+    C = 70
+    x = rng.standard_normal((V, C))
+    if case == "complex":
+        x = x + 1j * rng.standard_normal((V, C))
+    cdt = np.dtype(dtype) if case == "real" else np.result_type(dtype, np.complex64)
+    s = rng.uniform(0.5, 2.0, V)
+    coef, u, v, w = (rng.uniform(-1.0, 1.0, (10, C)) for _ in range(4))
+    z = s[:, None] * x.astype(cdt).astype(np.complex128 if case == "complex" else np.float64)
+    ys = [z, u[1] * (S @ z) + v[1] * z]
+    for k in range(2, 10):
+        ys.append(u[k] * (S @ ys[-1]) + v[k] * ys[-1] + w[k] * ys[-2])
+    rtol = 1e-13 if dtype == np.float64 else 2e-5
+    for min_chunk, threads in ((1, 1), (1, 3), (256, 2)):
+        op = FusedOperator.from_scipy(S, dtype)
+        op.min_chunk = min_chunk
+        for degrees in ((1,), (2,), (5,), (0, 3), (2, 7), (3, 4, 9)):
+            R = FusedRecurrence(op, x.astype(cdt), s, threads=threads)
+            for d in degrees:
+                R.advance(d, coef, (u, v, w))
+            ref = sum(coef[k] * ys[k] for k in range(degrees[-1] + 1)) / s[:, None]
+            out = R.result(np.zeros(C))
+            err = np.abs(out - ref).max() / np.abs(ref).max()
+            assert err < rtol, (min_chunk, threads, degrees, err)
+
+
+def _plain_lanczos(S: sp.spmatrix, z: np.ndarray, steps: int
+                   ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """Column-wise Lanczos on ``S``, the slow obvious way (a zero residual stays zero)."""
+    nz = np.linalg.norm(z, axis=0)
+    q = z / np.where(nz > 0, nz, 1.0)
+    qs, alphas, betas = [q], [], []
+    prev, bprev = np.zeros_like(q), np.zeros(z.shape[1])
+    for _ in range(steps):
+        w = S @ q
+        a = np.real(np.sum(q.conj() * w, axis=0))
+        w = w - a * q - bprev * prev
+        b = np.linalg.norm(w, axis=0)
+        alphas.append(a)
+        betas.append(b)
+        prev, q, bprev = q, w / np.where(b > 0, b, 1.0), b
+        qs.append(q)
+    return np.array(alphas), np.array(betas), qs
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("case", ["real", "real-op-complex-x", "complex"])
+def test_lanczos_steps_and_sum_match_the_plain_lanczos(case: str, dtype: type) -> None:
+    """Coefficients of the two-pass kernels and the regenerated sum, against the plain loop;
+    with a zero column and a column that breaks down at the first step (an eigenvector)."""
+    from manifoldmp.spectral.fused import FusedLanczos
+
+    S = _scrambled_operator(1 if case == "complex" else 0, seed=6)
+    V = S.shape[0]
+    rng = np.random.default_rng(7)
+    C = 70
+    s = rng.uniform(0.5, 2.0, V)
+    x = rng.standard_normal((V, C))
+    if case != "real":
+        x = x + 1j * rng.standard_normal((V, C))
+    x[:, 0] = 0.0
+    _, U = np.linalg.eigh(S.toarray())
+    x[:, 1] = U[:, 5] / s           # z = s x is an eigenvector of S: beta_1 = 0
+    cdt = np.dtype(dtype) if case == "real" else np.result_type(dtype, np.complex64)
+    xin = x.astype(cdt)
+    z = s[:, None] * xin.astype(np.complex128 if case != "real" else np.float64)
+    m = 9
+    A_ref, B_ref, qs = _plain_lanczos(S, z, m)
+    coef = rng.uniform(-1.0, 1.0, (m, C))
+    # after the breakdown (beta_1 at rounding level) the column's later vectors are rounding
+    # noise divided by beta_1, different in any two implementations; T decouples there and
+    # exp(-t T) e_1 gives them weights of the order of beta_1
+    coef[1:, 1] = 0.0
+    A_ref[1:, 1] = B_ref[1:, 1] = 0.0
+    nz = np.linalg.norm(z, axis=0)
+    ref = sum(coef[j] * nz * qs[j] for j in range(m)) / s[:, None]
+    rtol = 1e-12 if dtype == np.float64 else 1e-4
+    for min_chunk, threads in ((1, 1), (1, 3), (256, 2)):
+        op = FusedOperator.from_scipy(S, dtype)
+        op.min_chunk = min_chunk
+        eng = FusedLanczos(op, xin, s, threads=threads)
+        steps = [eng.step() for _ in range(m)]
+        A = np.array([a for a, _ in steps])
+        B = np.array([b for _, b in steps])
+        assert B[0, 1] < 10 * rtol                                       # the breakdown
+        A[1:, 1] = B[1:, 1] = 0.0
+        assert np.abs(A - A_ref).max() < rtol * np.abs(A_ref).max()
+        assert np.abs(B - B_ref).max() < rtol * np.abs(B_ref).max()
+        assert np.all(A[:, 0] == 0) and np.all(B[:, 0] == 0)          # the zero column
+        out = eng.combine(A, B[: m - 1], coef)
+        assert out.dtype == cdt
+        err = np.abs(out - ref).max() / np.abs(ref).max()
+        assert err < (1e-12 if dtype == np.float64 else 1e-4), (min_chunk, threads, err)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("n", [0, 1, 2])
+def test_heat_kernel_fused_lanczos_equals_torch_path_and_expm(n: int, dtype: torch.dtype
+                                                              ) -> None:
+    S = mmp.meshes.jittered_sphere(2, amount=0.3)
+    tol = 1e-10 if dtype == torch.float64 else 1e-4
+    H = mmp.HeatKernel(S, n, method="krylov", tol=tol, dtype=dtype)
+    g = torch.Generator().manual_seed(n)
+    x = torch.randn(S.n_vertices, 40, dtype=dtype, generator=g)
+    if n:
+        x = torch.complex(x, torch.randn(x.shape, dtype=dtype, generator=g))
+    t = torch.logspace(-4, 0, 40, dtype=torch.float64)
+    y = H(x, t)
+    assert H._fused(x) is not None and H.last_krylov.products == 2 * H.last_krylov.steps - 1
+    info = H.last_krylov
+    H.FUSED = False
+    y_ref = H(x, t)
+    assert H.last_krylov.steps == info.steps
+    rtol = 1e-12 if dtype == torch.float64 else 1e-5
+    assert y.dtype == x.dtype
+    assert (y - y_ref).abs().max() <= rtol * y_ref.abs().max()
+    m = S.vertex_areas
+    A = mmp.connection_laplacian(S, n).toarray() / m[:, None]
+    xd = x.numpy().astype(np.complex128 if n else np.float64)
+    ref = np.stack([la.expm(-float(tc) * A) @ xd[:, c] for c, tc in enumerate(t)], axis=1)
+    r = np.sqrt(m)[:, None]
+    err = np.linalg.norm(r * (y.numpy() - ref), axis=0) / np.linalg.norm(r * ref, axis=0)
+    assert err.max() < (1e-8 if dtype == torch.float64 else 1e-4)
+
+
+def test_float32_lanczos_redo_runs_fused_in_float64(monkeypatch: pytest.MonkeyPatch) -> None:
+    """At long times the float32 output is small against the input and loses digits: the flow
+    is redone in float64, on the fused kernels as well, and meets the tolerance."""
+    from manifoldmp.spectral import krylov as K
+
+    S = mmp.meshes.icosphere(3)
+    H = mmp.HeatKernel(S, 1, method="krylov", tol=1e-4, dtype=torch.float32)
+    calls = []
+    real = K.lanczos_expm_fused
+    monkeypatch.setattr(K, "lanczos_expm_fused",
+                        lambda op, *a, **k: calls.append(op.dtype) or real(op, *a, **k))
+    x = torch.randn(S.n_vertices, 32, dtype=torch.complex64,
+                    generator=torch.Generator().manual_seed(2))
+    y = H(x, 2.0)
+    assert calls == [np.float32, np.float64] and y.dtype == torch.complex64
+    A = mmp.connection_laplacian(S, 1).toarray() / S.vertex_areas[:, None]
+    ref = la.expm(-2.0 * A) @ x.numpy().astype(np.complex128)
+    assert np.linalg.norm(y.numpy() - ref) < 1e-4 * np.linalg.norm(ref)
+
+
+def test_fused_lanczos_refuses_bad_input_and_reports_no_convergence() -> None:
+    from manifoldmp.spectral.krylov import KrylovNotConverged, lanczos_expm_fused
+
+    S = _scrambled_operator(1)
+    op = FusedOperator.from_scipy(S)
+    V = S.shape[0]
+    s = np.ones(V)
+    x = np.random.default_rng(0).standard_normal((V, 2)) + 0j
+    t = np.ones(2)
+    bad = [
+        (lambda: lanczos_expm_fused(op, 1.0, x, s, np.ones(3)), "2 finite non-negative"),
+        (lambda: lanczos_expm_fused(op, 1.0, x, s, -t), "non-negative"),
+        (lambda: lanczos_expm_fused(op, 1.0, x, s, t * np.nan), "non-negative"),
+        (lambda: lanczos_expm_fused(op, 0.0, x, s, t), "bound"),
+        (lambda: lanczos_expm_fused(op, 1.0, x, s, t, tol=-1.0), "tol"),
+        (lambda: lanczos_expm_fused(op, 1.0, x, s, t, max_steps=0), "max_steps"),
+        (lambda: lanczos_expm_fused(op, 1.0, x * np.nan, s, t), "non-finite"),
+        (lambda: lanczos_expm_fused(op, 1.0, x[0], s, t), r"\(V, C\)"),
+        (lambda: lanczos_expm_fused(op, 1.0, x.real, s, t), "complex x"),
+    ]
+    for call, match in bad:
+        with pytest.raises(ParameterError, match=match):
+            call()
+    b = 4.0   # S = (4 / b) B - 2 I with b = 4: B = S + 2 I
+    with pytest.raises(KrylovNotConverged, match="2 steps"):
+        lanczos_expm_fused(op, b, x, s, t * 50, tol=1e-12, max_steps=2)
