@@ -380,11 +380,14 @@ class HeatKernel:
         return choice
 
     #: Above this Chebyshev degree ``auto`` looks for a cheaper method. Measured against
-    #: Lanczos with 16 channels: Chebyshev is faster up to about this degree even at long
-    #: times where Lanczos adapts to the few surviving modes (icosphere(6), ``t = 3``: degree
-    #: 1054 in 3.1 s, 418 Lanczos steps in 4.7 s; ``t = 30``: degree 3332 in 10.9 s, 531
-    #: steps in 8.6 s): a Lanczos step costs several degrees (column reductions, the
-    #: tridiagonal checks, a second pass on large blocks).
+    #: Lanczos with 16 channels, both on the fused CPU kernels, tol 1e-8, icosphere(6): up to
+    #: about this degree Chebyshev is faster even where Lanczos adapts to the few surviving
+    #: modes (a Lanczos step costs about three degrees: two passes over memory and a second
+    #: pass that regenerates the basis); beyond, Lanczos wins. ``n = 0``: ``t = 0.3``, degree
+    #: 447 in 0.35 s against 330 steps in 1.0 s; ``t = 3``, degree 1478 in 1.15 s against
+    #: 471 steps in 1.3 s; ``t = 30``, degree 4660 in 3.5 s against 1.2 s. ``n = 1``:
+    #: ``t = 3``, degree 1505 in 2.2 s against 371 steps in 1.7 s; ``t = 30``, 6.8 against
+    #: 1.65 s.
     STIFF_STEPS = 1000
     #: The Chebyshev method runs on the fused CPU kernels (:mod:`~manifoldmp.spectral.fused`)
     #: where they apply; False keeps torch's sparse products (the reference in the tests).

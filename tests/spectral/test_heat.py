@@ -464,9 +464,9 @@ def test_lanczos_checks_are_spaced_out_on_long_runs() -> None:
     calls = []
     orig = krylov._expm_tridiag
 
-    def counting(a, b, t):
+    def counting(a, b, t, hint=None):
         calls.append(a.shape[0])
-        return orig(a, b, t)
+        return orig(a, b, t, hint)
 
     # three spheres of radii 1, 0.1 and 0.03 (a disconnected scan of parts of many sizes):
     # t lambda_max ~ 9e4 and a three-dimensional kernel, about 370 steps
@@ -491,6 +491,64 @@ def test_lanczos_checks_are_spaced_out_on_long_runs() -> None:
     assert np.linalg.norm(y.numpy() - ref) <= 1e-8 * np.linalg.norm(ref)
     assert info.steps > 200 and len(calls) < 20 + 16 * np.log(info.steps), (info.steps,
                                                                                len(calls))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_tridiagonal_exponential_subset_path_equals_the_dense_one(dtype: torch.dtype) -> None:
+    """At long times only the Ritz values near the smallest matter: the MRRR subset path of
+    ``_expm_tridiag`` (taken after a check that found few) against the whole eigh, on the
+    tridiagonals of a real Lanczos run (ghost clusters included: no re-orthogonalization)."""
+    from manifoldmp.spectral import krylov
+
+    S = mmp.meshes.icosphere(4)
+    r = np.sqrt(S.vertex_areas)
+    B = torch.from_numpy((mmp.connection_laplacian(S, 1) / r[:, None] / r[None, :]).toarray())
+    C, m = 6, 300
+    g = torch.Generator().manual_seed(0)
+    q = torch.complex(torch.randn(S.n_vertices, C, dtype=torch.float64, generator=g),
+                      torch.randn(S.n_vertices, C, dtype=torch.float64, generator=g))
+    q /= torch.linalg.vector_norm(q, dim=0)
+    prev, bprev, A, Bs = torch.zeros_like(q), torch.zeros(C, dtype=torch.float64), [], []
+    for _ in range(m):
+        w = B.to(q.dtype) @ q
+        a = (q.conj() * w).real.sum(0)
+        w = w - a * q - bprev * prev
+        b = torch.linalg.vector_norm(w, dim=0)
+        A.append(a)
+        Bs.append(b)
+        prev, q, bprev = q, w / b, b
+    alpha, beta = torch.stack(A).to(dtype), torch.stack(Bs[:-1]).to(dtype)
+    t = torch.tensor([1e-4, 0.3, 1.0, 3.0, 30.0, 0.0], dtype=dtype)
+    dense = krylov._expm_tridiag(alpha, beta, t)                      # no hint: whole eigh
+    _, _, hint = krylov._expm_tridiag(alpha[:200], beta[:199], t)     # an earlier check
+    used = []
+    orig = krylov.lapack.dstemr
+
+    def spy(*args, **kw):
+        used.append(1)
+        return orig(*args, **kw)
+
+    krylov.lapack.dstemr = spy
+    try:
+        subset = krylov._expm_tridiag(alpha, beta, t, hint)
+    finally:
+        krylov.lapack.dstemr = orig
+    took = (hint.count <= m // 8) & (t.double().numpy() > 0)
+    assert took.sum() == len(used) >= 3 and not took[0] and not took[-1]
+    # the slow obvious oracle: scipy's expm of each tridiagonal, in the scaled units of the
+    # results (entries at most 1), shifted by the smallest Ritz value
+    a64, b64 = alpha.double().numpy(), beta.double().numpy()
+    for (coef, log_scale), on_subset in ((dense[:2], np.zeros(C, bool)), (subset[:2], took)):
+        for c in range(C):
+            T = np.diag(a64[:, c]) + np.diag(b64[:, c], 1) + np.diag(b64[:, c], -1)
+            tc = float(t[c])
+            shift = -float(log_scale[c]) / tc if tc > 0 else 0.0
+            ref = la.expm(-tc * (T - shift * np.eye(m)))[:, 0]
+            err = np.abs(coef[:, c].double().numpy() - ref).max()
+            if dtype == torch.float32:
+                assert err < (1e-6 if on_subset[c] else 5e-3), (c, err)  # eigh: eps t ||T||
+            else:
+                assert err < (1e-13 if on_subset[c] else 1e-12), (c, err)
 
 
 def test_implicit_factors_several_times_two_at_a_time(sphere3: mmp.Surface, dense_ops: dict,
