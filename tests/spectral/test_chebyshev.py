@@ -284,3 +284,29 @@ def test_coefficients_are_computed_once_per_times(monkeypatch: pytest.MonkeyPatc
     for k in range(cheb._COEF_CACHE_SIZE + 2):        # bounded
         cheb._all_coefficients(np.array([float(k + 1)]), 100)
     assert len(cheb._COEF_CACHE) == cheb._COEF_CACHE_SIZE
+
+
+def test_a_flow_far_below_its_input_warns_when_the_bound_misses_tol(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Rounding is relative to the input: at n = 1, t = 30 the output is e^-30 of it and the
+    explicit Chebyshev method cannot meet tol (it came back 600 times off with only an
+    information message). The bound says so (infinite: no digit guaranteed), a warning names
+    the methods that reach it, and Lanczos does."""
+    import logging
+
+    S = mmp.meshes.icosphere(3)
+    x = torch.from_numpy(np.random.default_rng(0).standard_normal((S.n_vertices, 2)) + 0j)
+    ref = mmp.HeatKernel(S, 1, method="spectral", k=S.n_vertices)(x, 30.0)
+    H = mmp.HeatKernel(S, 1, method="chebyshev", tol=1e-8)
+    with caplog.at_level(logging.WARNING, logger="manifoldmp.spectral.chebyshev"):
+        y = H(x, 30.0)
+    err = float(torch.linalg.vector_norm(y - ref) / torch.linalg.vector_norm(ref))
+    assert err > 1e-8 and H.last_chebyshev.error_bound >= err
+    assert "misses tol" in caplog.text and "'krylov'" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="manifoldmp.spectral.chebyshev"):
+        y = H(x, 1e-3)                  # a flow that meets tol says nothing
+    assert caplog.text == ""
+    K = mmp.HeatKernel(S, 1, method="krylov", tol=1e-8)
+    assert float(torch.linalg.vector_norm(K(x, 30.0) - ref)
+                 / torch.linalg.vector_norm(ref)) < 1e-7
