@@ -57,7 +57,7 @@ from manifoldmp.errors import ManifoldmpError, ParameterError
 from manifoldmp.mesh.validate import validate_int, validate_positive
 from manifoldmp.operators.sparse import column_real_dot
 from manifoldmp.spectral import fused as _fused_mod
-from manifoldmp.spectral.fused import FusedOperator, FusedRecurrence
+from manifoldmp.spectral.fused import FusedOperator, FusedRecurrence, check_block
 
 __all__ = ["FLOAT32_ACCURACY", "ChebyshevInfo", "ChebyshevNotConverged", "chebyshev_coefficients",
            "chebyshev_degree", "chebyshev_expm", "chebyshev_expm_fused", "gershgorin_bound",
@@ -305,15 +305,10 @@ def chebyshev_expm_fused(op: FusedOperator, x: np.ndarray, scale: np.ndarray, t:
         Same dtype as ``x``.
     info : ChebyshevInfo
     """
-    x = np.asarray(x)
-    if x.ndim != 2:
-        raise ParameterError(f"x must be a (V, C) array, got shape {x.shape}")
+    x = check_block(x)
     t = np.asarray(t, dtype=np.float64).reshape(-1)
     if t.size != x.shape[1]:
         raise ParameterError(f"t must have one time per column ({x.shape[1]}), got {t.size}")
-    if x.dtype.kind in "fc" and not np.all(np.isfinite(x)):
-        raise ParameterError(f"x has {int(np.count_nonzero(~np.isfinite(x)))} non-finite "
-                             "entries; expected finite values")
     engine = FusedRecurrence(op, np.ascontiguousarray(x), scale, threads)
     tail, info = _expand(engine, t, bound, tol, max_degree, float(np.finfo(op.dtype).eps))
     return engine.result(tail), info

@@ -44,7 +44,8 @@ import torch
 from manifoldmp.errors import ManifoldmpError, ParameterError
 from manifoldmp.operators.sparse import column_real_dot
 
-__all__ = ["FusedLanczos", "FusedOperator", "FusedUnavailable", "fused_available"]
+__all__ = ["FusedLanczos", "FusedOperator", "FusedUnavailable", "check_block",
+           "fused_available"]
 
 log = logging.getLogger(__name__)
 
@@ -332,6 +333,21 @@ if numba is not None:
                 if P == 2:
                     for q in range(C):
                         out[k, q, 1] = acc[i, C + q] * si + tail[q] * x[k, q, 1]
+
+
+def check_block(x: Any) -> np.ndarray:
+    """``x`` as a ``(V, C)`` array of finite entries, or :class:`ParameterError`.
+
+    The public entry points of the fused flows check this (the kernels would carry a NaN
+    or an infinity through every row they reach).
+    """
+    x = np.asarray(x)
+    if x.ndim != 2:
+        raise ParameterError(f"x must be a (V, C) array, got shape {x.shape}")
+    if x.dtype.kind in "fc" and not np.all(np.isfinite(x)):
+        raise ParameterError(f"x has {int(np.count_nonzero(~np.isfinite(x)))} non-finite "
+                             "entries; expected finite values")
+    return x
 
 
 def _fresh(shape: tuple[int, ...], dtype: Any) -> np.ndarray:

@@ -61,7 +61,7 @@ from manifoldmp.errors import ManifoldmpError, ParameterError
 from manifoldmp.mesh.validate import validate_int, validate_positive
 from manifoldmp.operators.sparse import column_real_dot
 from manifoldmp.spectral.chebyshev import FLOAT32_ACCURACY, _fused_fits
-from manifoldmp.spectral.fused import FusedLanczos, FusedOperator
+from manifoldmp.spectral.fused import FusedLanczos, FusedOperator, check_block
 
 __all__ = ["KrylovInfo", "KrylovNotConverged", "lanczos_expm", "lanczos_expm_fused"]
 # csr_product and heat_lanczos are internal: HeatKernel and nn.heat_flow call them after
@@ -524,15 +524,10 @@ def lanczos_expm_fused(op: FusedOperator, bound: float, x: np.ndarray, scale: np
     bound = validate_positive(bound, "bound")
     tol = validate_positive(tol, "tol")
     max_steps = validate_int(max_steps, "max_steps", minimum=1)
-    x = np.asarray(x)
-    if x.ndim != 2:
-        raise ParameterError(f"x must be a (V, C) array, got shape {x.shape}")
+    x = check_block(x)
     t = np.asarray(t, dtype=np.float64).reshape(-1)
     if t.size != x.shape[1] or not np.all(np.isfinite(t)) or np.any(t < 0):
         raise ParameterError(f"t must hold {x.shape[1]} finite non-negative times, got {t}")
-    if x.dtype.kind in "fc" and not np.all(np.isfinite(x)):
-        raise ParameterError(f"x has {int(np.count_nonzero(~np.isfinite(x)))} non-finite "
-                             "entries; expected finite values")
     engine = FusedLanczos(op, np.ascontiguousarray(x), scale, threads)
     real = torch.float32 if op.dtype == np.float32 else torch.float64
     quarter = 0.25 * bound
