@@ -6,7 +6,7 @@ its time discretization (THEORY.md 3.1-3.3), differentiable in ``x`` and ``t``:
 
 ``spectral``   truncated eigenbasis of the bundle (exact on its span; autograd through it).
 ``krylov``     Lanczos on ``M^-1/2 L_n M^-1/2`` to a relative tolerance; the backward pass is
-               a heat application (custom autograd).
+               a heat application (custom autograd). Fused kernels on the CPU as below.
 ``chebyshev``  Chebyshev expansion of the same flow with an a-priori degree (one sparse product
                per degree, no inner products); backward as for ``krylov``. On the CPU, inputs
                of at least 128 bytes per row (32 float32 channels, 16 complex64) go through the
@@ -42,10 +42,12 @@ log = logging.getLogger(__name__)
 
 HEAT_METHODS = ("spectral", "krylov", "chebyshev", "implicit", "explicit")
 
-#: The Chebyshev flows on the CPU use the fused kernels (:mod:`manifoldmp.spectral.fused`)
-#: where the input is wide enough; ``False`` keeps torch's sparse product (the tests compare).
-#: Layer-sized inputs (armadillo and boot, 15k-20k vertices, 64 channels, float32 or float64):
-#: 1.1-1.6x (type 0) and 1.9-3.7x (type 1) faster per flow (benchmarks/bench_fused.py).
+#: The Chebyshev and Lanczos flows on the CPU use the fused kernels
+#: (:mod:`manifoldmp.spectral.fused`) where the input is wide enough; ``False`` keeps torch's
+#: sparse product (the tests compare). Layer-sized inputs (armadillo and boot, 15k-20k
+#: vertices, 64 channels, float32 or float64), Chebyshev: 1.1-1.6x (type 0) and 1.9-3.7x
+#: (type 1) faster per flow (benchmarks/bench_fused.py); Lanczos from 128 bytes per row:
+#: 1.3-2.0x (benchmarks/README.md).
 FUSED = True
 
 

@@ -14,11 +14,13 @@ Three methods, one semantics:
     Lanczos on ``M^-1/2 L M^-1/2`` (:func:`~manifoldmp.spectral.krylov.lanczos_expm`), all
     channels at once, in torch (runs wherever the tensors live, CUDA included), stopped at the
     relative tolerance ``tol``. It adapts to the discrete low end of the spectrum at long
-    times.
+    times. On the CPU, inputs of at least 128 bytes per row run the same iteration on the
+    fused kernels (:func:`~manifoldmp.spectral.krylov.lanczos_expm_fused`; :attr:`FUSED`).
 ``chebyshev``
     The Chebyshev expansion of ``exp(-t lambda)`` on ``[0, b]`` with ``b`` the Gershgorin
     bound (:func:`~manifoldmp.spectral.chebyshev.chebyshev_expm`): one sparse product per
-    degree and no inner products, in torch; its degree is known in advance
+    degree and no inner products, in torch (on the CPU, wide inputs on the fused kernels of
+    :mod:`~manifoldmp.spectral.fused`); its degree is known in advance
     (:meth:`HeatKernel.chebyshev_degree`) and its error bound is a-priori and rigorous
     (``KrylovInfo``-like :attr:`HeatKernel.last_chebyshev`). Fastest at short and moderate
     times ``t b``; it keeps constants stationary exactly.
@@ -389,8 +391,9 @@ class HeatKernel:
     #: ``t = 3``, degree 1505 in 2.2 s against 371 steps in 1.7 s; ``t = 30``, 6.8 against
     #: 1.65 s.
     STIFF_STEPS = 1000
-    #: The Chebyshev method runs on the fused CPU kernels (:mod:`~manifoldmp.spectral.fused`)
-    #: where they apply; False keeps torch's sparse products (the reference in the tests).
+    #: The Chebyshev and Lanczos methods run on the fused CPU kernels
+    #: (:mod:`~manifoldmp.spectral.fused`) where they apply; False keeps torch's sparse
+    #: products (the reference in the tests).
     FUSED = True
 
     def _stiff_choice(self, t: torch.Tensor, tmin: float, degree: int) -> tuple[str, str]:
