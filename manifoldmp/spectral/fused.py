@@ -628,6 +628,12 @@ class FusedLanczos(FusedRecurrence):
         self.steps = 0
         T = len(self.bounds) - 1
         self._part = [np.zeros((T, z.shape[1])) for z in self.z]
+        self._combined = False
+
+    def _check_open(self) -> None:
+        if self._combined:
+            raise ParameterError("this FusedLanczos has combined its basis already (the "
+                                 "second pass overwrites the input); start a new one")
 
     def _sums(self, b: int) -> np.ndarray:
         """Column sums of the partial sums of block ``b``, both halves of split rows added."""
@@ -636,6 +642,7 @@ class FusedLanczos(FusedRecurrence):
 
     def step(self) -> tuple[np.ndarray, np.ndarray]:
         """One Lanczos step on ``S``: ``(alpha_j, beta_{j+1})``, ``(C,)`` float64 each."""
+        self._check_open()
         args = self.op._args()
         C = self.x.shape[1]
         alpha, beta2 = np.empty(C), np.empty(C)
@@ -675,7 +682,15 @@ class FusedLanczos(FusedRecurrence):
         coef : (m, C) ndarray
             Coefficients of the normalized basis vectors ``q_j``.
         """
+        self._check_open()
         m = alphas.shape[0]
+        C = self.x.shape[1]
+        if m < 1 or alphas.shape != (m, C) or betas.shape != (m - 1, C) \
+                or coef.shape != (m, C):
+            raise ParameterError(f"need alphas ({m}, {C}), betas ({m - 1}, {C}) and coef "
+                                 f"({m}, {C}) with m >= 1; got {alphas.shape}, "
+                                 f"{betas.shape}, {coef.shape}")
+        self._combined = True   # the second pass overwrites the input block
         bsafe = np.where(betas > 0, betas, 1.0)
         u = np.zeros((m, alphas.shape[1]))
         v, w = np.zeros_like(u), np.zeros_like(u)

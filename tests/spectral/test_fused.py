@@ -347,7 +347,11 @@ def test_lanczos_steps_and_sum_match_the_plain_lanczos(case: str, dtype: type) -
         assert np.abs(A - A_ref).max() < rtol * np.abs(A_ref).max()
         assert np.abs(B - B_ref).max() < rtol * np.abs(B_ref).max()
         assert np.all(A[:, 0] == 0) and np.all(B[:, 0] == 0)          # the zero column
+        with pytest.raises(ParameterError, match="betas"):
+            eng.combine(A, B, coef)
         out = eng.combine(A, B[: m - 1], coef)
+        with pytest.raises(ParameterError, match="combined"):
+            eng.step()                 # the second pass overwrote the input block
         assert out.dtype == cdt
         err = np.abs(out - ref).max() / np.abs(ref).max()
         assert err < (1e-12 if dtype == np.float64 else 1e-4), (min_chunk, threads, err)
