@@ -19,9 +19,9 @@ memory-bandwidth bound of its sparse products. This script measures, on one devi
    the Chebyshev degree) and that time's fraction of the bound. The flow also does column
    reductions and block updates, so this fraction is below the product's.
 
-Runs on the CPU too (``--device cpu``, small meshes) to check the script; there the Chebyshev
-flow runs the fused kernels, whose products are not torch's, so its per-product fraction only
-says how far the flow is from the product bound.
+Runs on the CPU too (``--device cpu``, small meshes) to check the script; there both flows run
+the fused kernels, whose products are not torch's, so their per-product fractions only say how
+far the flows are from the product bound.
 
 Usage: ``python benchmarks/bench_gpu.py [--n-major 2000 --n-minor 500] [--channels 128]
 [--t 1e-3] [--rtol 1e-6] [--dtype float64|float32] [--device cuda] [--repeat 3]``.
