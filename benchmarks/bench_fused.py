@@ -1,8 +1,11 @@
-"""The layers' Chebyshev heat flow on the CPU: fused kernels against torch's sparse product.
+"""The layers' Chebyshev or Lanczos heat flow on the CPU: fused kernels against torch's product.
 
 ``manifoldmp.nn.heat_flow(..., method="chebyshev")`` runs the Chebyshev recurrence either
 through torch's CSR product (MKL) plus an accumulation per degree, or through the fused numba
-kernels of :mod:`manifoldmp.spectral.fused` (two degrees per pass over memory). Both run here
+kernels of :mod:`manifoldmp.spectral.fused` (two degrees per pass over memory);
+``method="krylov"`` (``--method krylov``) runs the Lanczos method either through torch's
+product, column reductions and block updates, or through the fused Lanczos kernels (two passes
+over memory per step, the basis regenerated two steps per pass). Both run here
 in one process, on the same bundle, input and times, for types 0 and 1 in float32 and float64
 and for 4 to 64 channels; the ratio ``torch / fused`` is printed per width, with the bytes per
 row of the input (complex channels count twice). The layers pick the fused path from
@@ -13,7 +16,8 @@ The times per channel are ``h^2 exp(U(0, log c))`` (``h`` the mean edge length, 
 tolerance (``1e-10`` in float64, ``1e-6`` in float32).
 
 Usage: ``python benchmarks/bench_fused.py [--meshes FILE ...] [--icosphere 5] [--spread 50]
-[--repeat 3]``. Without ``--meshes`` the bundled ``icosphere(--icosphere)`` is used.
+[--repeat 3] [--method chebyshev|krylov]``. Without ``--meshes`` the bundled
+``icosphere(--icosphere)`` is used.
 """
 
 from __future__ import annotations
@@ -36,11 +40,13 @@ from manifoldmp.spectral import fused as fused_mod
 WIDTHS = (4, 8, 16, 32, 64)
 
 
-def run(name: str, surface: mmp.Surface, spread: float, repeat: int) -> None:
+def run(name: str, surface: mmp.Surface, spread: float, repeat: int,
+        method: str = "chebyshev") -> None:
     ops64 = mnn.precompute(surface, max_type=1, k_eig=0)
     h = ops64.mean_edge_length
     print(f"\n{name}: V = {surface.n_vertices}, h = {h:.3g}, times h^2 [1, {spread:g}]")
-    print("dtype    type  degree  " + "  ".join(f"C={c:<3d}" for c in WIDTHS))
+    head = "degree" if method == "chebyshev" else " steps"
+    print(f"dtype    type  {head}  " + "  ".join(f"C={c:<3d}" for c in WIDTHS))
     for real in (torch.float32, torch.float64):
         ops = ops64.to(dtype=real)
         for n in (0, 1):
@@ -55,7 +61,7 @@ def run(name: str, surface: mmp.Surface, spread: float, repeat: int) -> None:
 
                 def flow(x: torch.Tensor = x, t: torch.Tensor = t, n: int = n,
                          ops: mnn.OperatorBundle = ops) -> None:
-                    mnn.heat_flow(ops, n, x, t, method="chebyshev")
+                    mnn.heat_flow(ops, n, x, t, method=method)
 
                 F.FUSED = False
                 slow = best_time(flow, repeat=repeat)
@@ -69,16 +75,23 @@ def run(name: str, surface: mmp.Surface, spread: float, repeat: int) -> None:
                 rb = C * x.element_size()
                 mark = "*" if op is not None else " "
                 cells.append(f"{slow / fast:4.2f}{mark}({rb}B)")
-            degree = _degree(ops, n, x, t)
+            degree = _degree(ops, n, x, t, method)
             print(f"{str(real)[6:]:8s} {n:4d}  {degree:6d}  " + "  ".join(cells))
 
 
-def _degree(ops: mnn.OperatorBundle, n: int, x: torch.Tensor, t: torch.Tensor) -> int:
+def _degree(ops: mnn.OperatorBundle, n: int, x: torch.Tensor, t: torch.Tensor,
+            method: str) -> int:
+    """Chebyshev degree or Lanczos steps of the last width's flow (the layers' tolerance)."""
     from manifoldmp.spectral.chebyshev import heat_chebyshev
+    from manifoldmp.spectral.krylov import heat_lanczos
 
+    tol = 1e-10 if x.dtype in (torch.float64, torch.complex128) else 1e-6
+    if method == "krylov":
+        _, kinfo = heat_lanczos(ops.symmetric_laplacian(n, x.dtype), ops.mass.sqrt(), x, t,
+                                tol=tol)
+        return int(kinfo.steps)
     _, info = heat_chebyshev(ops.shifted_laplacian(n, x.dtype), ops.spectral_bound(n),
-                             ops.mass.sqrt(), x, t,
-                             tol=1e-10 if x.dtype in (torch.float64, torch.complex128) else 1e-6)
+                             ops.mass.sqrt(), x, t, tol=tol)
     return int(info.degree)
 
 
@@ -88,16 +101,18 @@ def main() -> None:
     ap.add_argument("--icosphere", type=int, default=5)
     ap.add_argument("--spread", type=float, default=50.0)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--method", choices=["chebyshev", "krylov"], default="chebyshev")
     args = ap.parse_args()
     torch.manual_seed(0)
     print(f"machine: {machine()}; torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print("ratio = torch's product / fused kernels (>1: fused faster); * = the layers pick fused")
+    print(f"{args.method}: ratio = torch's product / fused kernels (>1: fused faster); "
+          "* = the layers pick fused")
     if args.meshes:
         for path in args.meshes:
-            run(Path(path).name, mmp.Surface.load(path), args.spread, args.repeat)
+            run(Path(path).name, mmp.Surface.load(path), args.spread, args.repeat, args.method)
     else:
         run(f"icosphere({args.icosphere})", mmp.meshes.icosphere(args.icosphere), args.spread,
-            args.repeat)
+            args.repeat, args.method)
 
 
 if __name__ == "__main__":
