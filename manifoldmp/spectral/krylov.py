@@ -524,6 +524,7 @@ def lanczos_expm_fused(op: FusedOperator, bound: float, x: np.ndarray, scale: np
     bound = validate_positive(bound, "bound")
     tol = validate_positive(tol, "tol")
     max_steps = validate_int(max_steps, "max_steps", minimum=1)
+    check_every = validate_int(check_every, "check_every", minimum=1)
     x = check_block(x)
     t = np.asarray(t, dtype=np.float64).reshape(-1)
     if t.size != x.shape[1] or not np.all(np.isfinite(t)) or np.any(t < 0):
@@ -643,22 +644,24 @@ def heat_lanczos(B: torch.Tensor | None, sqrt_mass: torch.Tensor, x: torch.Tenso
         raise ParameterError("B may be None only with a fused operator (and its bound) that "
                              f"takes x; x is {tuple(x.shape)} {x.dtype} on {x.device}")
     s = sqrt_mass[:, None].to(x.dtype)
+    # the float32 rounding check needs ||M^1/2 x|| and ||M^1/2 y|| per column (only then)
+    check = wide is not None and x.dtype in (torch.float32, torch.complex64)
     if use_fused:
         y_np, info = lanczos_expm_fused(
             fused, float(bound), x.detach().resolve_conj().numpy(),
             sqrt_mass.detach().cpu().numpy(), t.detach().cpu().numpy(), tol=tol)
         y = torch.from_numpy(y_np)
-        low = x.dtype in (torch.float32, torch.complex64)
-        zn = column_real_dot(s * x.detach(), s * x.detach()).sqrt_() if low else None
-        yn = column_real_dot(s * y, s * y).sqrt_() if low else None
+        if check:
+            z, sy = s * x.detach(), s * y
+            zn, yn = column_real_dot(z, z).sqrt_(), column_real_dot(sy, sy).sqrt_()
     else:
         z = s * x.detach()
         y, info = lanczos_expm(lambda X, out=None: csr_product(B, X, out), z, t,
                                tol=tol, writes_into=True)
-        zn = torch.linalg.vector_norm(z, dim=0)
-        yn = torch.linalg.vector_norm(y, dim=0)
+        if check:
+            zn, yn = column_real_dot(z, z).sqrt_(), column_real_dot(y, y).sqrt_()
         y = y.div_(s)
-    if wide is not None and x.dtype in (torch.float32, torch.complex64):
+    if check:
         target = max(tol, FLOAT32_ACCURACY)
         zn, yn = zn.double(), yn.double()
         ratio = float(torch.max(torch.where(yn > 0, zn / yn.clamp_min(1e-300),

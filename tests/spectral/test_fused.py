@@ -393,6 +393,7 @@ def test_fused_lanczos_refuses_bad_input_and_reports_no_convergence() -> None:
         (lambda: lanczos_expm_fused(op, 0.0, x, s, t), "bound"),
         (lambda: lanczos_expm_fused(op, 1.0, x, s, t, tol=-1.0), "tol"),
         (lambda: lanczos_expm_fused(op, 1.0, x, s, t, max_steps=0), "max_steps"),
+        (lambda: lanczos_expm_fused(op, 1.0, x, s, t, check_every=0), "check_every"),
         (lambda: lanczos_expm_fused(op, 1.0, x * np.nan, s, t), "non-finite"),
         (lambda: lanczos_expm_fused(op, 1.0, x[0], s, t), r"\(V, C\)"),
         (lambda: lanczos_expm_fused(op, 1.0, x.real, s, t), "complex x"),
