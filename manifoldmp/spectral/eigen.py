@@ -33,8 +33,10 @@ it succeed (no added diagonal, no retry with a different matrix).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -327,8 +329,8 @@ def _project_out(W: np.ndarray, Q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     Written for the shapes of a Krylov basis (``Q : (V, n)`` Fortran-ordered with ``V`` in the
     hundred thousands, ``W : (V, b)`` with small ``b``). Fortran-ordered blocks of at least
     :data:`~manifoldmp.spectral.gramschmidt.MIN_SIZE` entries go through the fused kernels of
-    :mod:`~manifoldmp.spectral.gramschmidt` (V = 100k, n = 232, b = 8: 7.8 + 8.0 ms real;
-    complex, the coefficients there in 28 ms and the update through torch). Without them,
+    :mod:`~manifoldmp.spectral.gramschmidt` (V = 100k, n = 232, b = 8: 7.8 + 8.0 ms real,
+    28 + 31 ms complex). Without them,
     Fortran-ordered blocks go through torch's gemm on both cores (the eigensolver holds
     OpenBLAS to one thread), ``C`` as ``(W^H Q)^H``, whose thin left factor the kernels handle
     better, and the update in place: 11 + 17 ms real and 57 + 56 ms complex, against 16 + 17 ms
@@ -717,6 +719,15 @@ def _refine(apply_S: Any, Bmat: sp.csr_matrix, X: np.ndarray, s: np.ndarray,
     return lam_new, (Xn * torch.from_numpy(s)[:, None]).numpy(), Xn.numpy()
 
 
+@contextlib.contextmanager
+def _scratch_released() -> Iterator[None]:
+    """Free the Gram-Schmidt kernels' scratch block on the way out."""
+    try:
+        yield
+    finally:
+        gramschmidt.release_scratch()
+
+
 def generalized_eigsh(L: Any, mass: Any, k: int, *, sigma: float | None = None,
                       tol: float = 1e-9, block_size: int | None = None,
                       max_basis: int | None = None, max_restarts: int = 50,
@@ -826,7 +837,7 @@ def generalized_eigsh(L: Any, mass: Any, k: int, *, sigma: float | None = None,
     # One OpenBLAS thread: the heavy products of the loop are torch's (the block solves,
     # OpenMP). OpenBLAS' idle threads spin after each call and starve them: on 2 cores, 100k
     # vertices, 128 pairs, 18-20 s with OpenBLAS threads, 12.6 s without.
-    with threadpool_limits(1, user_api="blas"), \
+    with threadpool_limits(1, user_api="blas"), _scratch_released(), \
             tqdm(total=k, desc="eigenpairs", unit="pair", disable=disable, leave=False) as bar:
         for attempt in range(3):
             res = _block_lanczos(L, mass, k, sigma, tol, b, max_basis, max_restarts,

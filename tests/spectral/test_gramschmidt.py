@@ -38,11 +38,15 @@ def test_coefficients_match_numpy(dtype, shape, threads):
     np.testing.assert_allclose(C, ref, rtol=0, atol=1e-13 * np.sqrt(shape[0]) * 4)
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.complex128])
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("threads", [1, 2, 3])
-def test_subtract_product_matches_numpy(shape, threads):
-    Q, W = _blocks(*shape, np.float64)
-    C = np.random.default_rng(1).standard_normal((shape[1], shape[2]))
+def test_subtract_product_matches_numpy(dtype, shape, threads):
+    Q, W = _blocks(*shape, dtype)
+    rng = np.random.default_rng(1)
+    C = rng.standard_normal((shape[1], shape[2]))
+    if dtype == np.complex128:
+        C = C + 1j * rng.standard_normal(C.shape)
     ref = W - Q @ C
     gramschmidt.subtract_product(Q, C, W, threads=threads)
     np.testing.assert_allclose(W, ref, rtol=0, atol=1e-13 * shape[1])
@@ -106,6 +110,5 @@ def test_bad_input():
                                                                            order="F"))
     with pytest.raises(ParameterError, match="C must have shape"):
         gramschmidt.subtract_product(Q, np.zeros((3, 2)), W)
-    Qc, Wc = _blocks(500, 4, 2, np.complex128)
-    with pytest.raises(ParameterError, match="real arrays"):
-        gramschmidt.subtract_product(Qc, np.zeros((4, 2), complex), Wc)
+    with pytest.raises(ParameterError, match="real C"):
+        gramschmidt.subtract_product(Q, np.zeros((4, 2), complex), W)
