@@ -15,7 +15,8 @@ Problems*, 2nd ed., sections 6.3 and 8.2):
 * Blocks of ``b`` vectors go through the factorization together: one sparse product per level
   of the elimination tree for all columns (:mod:`~manifoldmp.spectral.supernodal`);
   each new block is orthogonalized against the last two blocks, then by one classical
-  Gram-Schmidt pass against the whole basis (repeated while it cancels), then within itself by
+  Gram-Schmidt pass against the whole basis (repeated while it cancels; both through the fused
+  kernels of :mod:`~manifoldmp.spectral.gramschmidt`), then within itself by
   Cholesky-QR twice (BLAS-3; column-pivoted Householder QR for an ill-conditioned or
   rank-deficient block, see :func:`_orthonormalize`).
 * The Ritz vectors end with inverse-iteration sweeps of the pairs still above ``tol``, which
