@@ -266,6 +266,9 @@ if fused.numba is not None:
                     Wr[2 * i + 1, c] = S[2 * i + 1, c] + S[2 * i, b + c]
 
 
+#: dtypes whose kernels this process has used (the first use compiles or loads them).
+_LOADED: set[str] = set()
+
 #: One scratch block per thread for the complex kernels, kept between calls (a fresh
 #: ``(2V, 2b)`` block is paged in on every call: 25 MB at 100k vertices, b = 8), released by
 #: :func:`release_scratch`.
@@ -390,6 +393,10 @@ def project_out(W: np.ndarray, Q: np.ndarray) -> tuple[np.ndarray, np.ndarray] |
     """
     if not usable(Q, W):
         return None
+    if Q.dtype.name not in _LOADED:
+        _LOADED.add(Q.dtype.name)
+        log.info("Gram-Schmidt kernels (%s): first use in this process; numba compiles them "
+                 "once (about 7 s) or loads them from its disk cache", Q.dtype.name)
     C = coefficients(Q, W)
     subtract_product(Q, C, W)
     return W, C
