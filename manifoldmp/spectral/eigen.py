@@ -331,11 +331,11 @@ def _project_out(W: np.ndarray, Q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     hundred thousands, ``W : (V, b)`` with small ``b``). Fortran-ordered blocks of at least
     :data:`~manifoldmp.spectral.gramschmidt.MIN_SIZE` entries go through the fused kernels of
     :mod:`~manifoldmp.spectral.gramschmidt` (V = 100k, n = 232, b = 8: 7.8 + 8.0 ms real,
-    28 + 31 ms complex). Without them,
-    Fortran-ordered blocks go through torch's gemm on both cores (the eigensolver holds
-    OpenBLAS to one thread), ``C`` as ``(W^H Q)^H``, whose thin left factor the kernels handle
-    better, and the update in place: 11 + 17 ms real and 57 + 56 ms complex, against 16 + 17 ms
-    for torch's ``Q^H W`` and 63-73 + 68 ms for numpy's one-thread complex BLAS. Other layouts
+    24-28 + 25-31 ms complex). Smaller ones, or all without numba, go through torch's gemm on
+    both cores (the eigensolver holds OpenBLAS to one thread), ``C`` as ``(W^H Q)^H``, whose
+    thin left factor the kernels handle better, and the update in place: 11 + 17 ms real and
+    57 + 56 ms complex, against 16 + 17 ms for torch's ``Q^H W`` and 63-73 + 68 ms for
+    numpy's one-thread complex BLAS. Other layouts
     through numpy: ``Q^T conj(W)`` for complex blocks (a conjugated copy of ``Q`` would cost
     more than the product), the update through BLAS ``gemm`` in place when ``Q`` is
     Fortran-ordered.
