@@ -376,8 +376,20 @@ def subtract_product(Q: np.ndarray, C: np.ndarray, W: np.ndarray,
 
 
 def usable(Q: np.ndarray, W: np.ndarray) -> bool:
-    """Whether :func:`project_out` takes these arrays (else the caller's products run)."""
-    return (Q.shape[0] * Q.shape[1] >= MIN_SIZE and Q.ndim == 2 and W.ndim == 2
+    """Whether :func:`project_out` takes these arrays (else the caller's products run).
+
+    Parameters
+    ----------
+    Q : (V, n) ndarray
+    W : (V, b) ndarray
+
+    Returns
+    -------
+    bool
+        Both 2-D, of one dtype (float64 or complex128), Fortran-ordered, ``V n`` at least
+        :data:`MIN_SIZE`, and the kernels can run in this process.
+    """
+    return (Q.ndim == 2 and W.ndim == 2 and Q.shape[0] * Q.shape[1] >= MIN_SIZE
             and Q.dtype == W.dtype and Q.dtype in (np.float64, np.complex128)
             and Q.flags.f_contiguous and W.flags.f_contiguous and fused.fused_available())
 
@@ -388,8 +400,14 @@ def project_out(W: np.ndarray, Q: np.ndarray) -> tuple[np.ndarray, np.ndarray] |
     Parameters
     ----------
     W : (V, b) ndarray
+        Overwritten.
     Q : (V, n) ndarray
         Orthonormal columns; both float64 or both complex128, Fortran-ordered.
+
+    Returns
+    -------
+    (W, C) : tuple of (V, b) and (n, b) ndarrays, or None
+        ``None`` when :func:`usable` is False (nothing was computed).
     """
     if not usable(Q, W):
         return None

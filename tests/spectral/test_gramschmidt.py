@@ -97,6 +97,7 @@ def test_not_usable_falls_back():
     assert not gramschmidt.usable(Q, W.astype(np.complex128, order="F"))
     assert not gramschmidt.usable(Q.astype(np.float32, order="F"), W.astype(np.float32,
                                                                             order="F"))
+    assert not gramschmidt.usable(Q[:, 0], W)     # not 2-D: no IndexError either
 
 
 def test_bad_input():
