@@ -64,6 +64,11 @@ _FAST = {"reassoc", "contract"}  # reassociated sums: what lets LLVM vectorize t
 if fused.numba is not None:
     from numba import prange
 
+    @fused._jit(inline="always")
+    def _four(X, a, e, j):  # pragma: no cover - jit
+        """Rows ``a:e`` of columns ``j`` to ``j + 3`` of ``X`` (views)."""
+        return X[a:e, j], X[a:e, j + 1], X[a:e, j + 2], X[a:e, j + 3]
+
     @fused._jit(fastmath=_FAST)
     def _coef_block(Q, W, a, e, out):  # pragma: no cover - jit
         """``out += Q[a:e]^T W[a:e]`` for real ``Q : (V, n)``, ``W : (V, b)``."""
@@ -72,16 +77,10 @@ if fused.numba is not None:
         m = e - a
         j = 0
         while j + 4 <= n:
-            q0 = Q[a:e, j]
-            q1 = Q[a:e, j + 1]
-            q2 = Q[a:e, j + 2]
-            q3 = Q[a:e, j + 3]
+            q0, q1, q2, q3 = _four(Q, a, e, j)
             c = 0
             while c + 4 <= b:
-                w0 = W[a:e, c]
-                w1 = W[a:e, c + 1]
-                w2 = W[a:e, c + 2]
-                w3 = W[a:e, c + 3]
+                w0, w1, w2, w3 = _four(W, a, e, c)
                 s00 = s01 = s02 = s03 = 0.0
                 s10 = s11 = s12 = s13 = 0.0
                 s20 = s21 = s22 = s23 = 0.0
@@ -157,16 +156,10 @@ if fused.numba is not None:
         m = e - a
         j = 0
         while j + 4 <= n:
-            q0 = Q[a:e, j]
-            q1 = Q[a:e, j + 1]
-            q2 = Q[a:e, j + 2]
-            q3 = Q[a:e, j + 3]
+            q0, q1, q2, q3 = _four(Q, a, e, j)
             c = 0
             while c + 4 <= b:
-                w0 = W[a:e, c]
-                w1 = W[a:e, c + 1]
-                w2 = W[a:e, c + 2]
-                w3 = W[a:e, c + 3]
+                w0, w1, w2, w3 = _four(W, a, e, c)
                 a00 = C[j, c]
                 a01 = C[j, c + 1]
                 a02 = C[j, c + 2]
