@@ -52,7 +52,7 @@ from tqdm.auto import tqdm
 
 from manifoldmp.errors import ManifoldmpError, ParameterError
 from manifoldmp.mesh.validate import validate_int, validate_positive
-from manifoldmp.spectral import gramschmidt
+from manifoldmp.spectral import gramschmidt, residual_norms
 
 __all__ = ["EigenResult", "EigenSolverError", "check_permutation", "count_below",
            "generalized_eigsh", "residuals"]
@@ -123,6 +123,12 @@ def residuals(L: Any, mass: np.ndarray, eigenvalues: np.ndarray,
     mass = np.asarray(mass, dtype=np.float64)
     lam = np.asarray(eigenvalues, dtype=np.float64)
     L = sp.csr_matrix(L)
+    eigenvectors = np.asarray(eigenvectors)
+    # one fused pass on all cores where it runs (C-ordered vectors; 100k vertices, 128 pairs:
+    # 14 against 51 ms real, 26 against 170 ms complex), the same sums as below
+    num2 = residual_norms.residual_sq(L, mass, lam, eigenvectors)
+    if num2 is not None:
+        return np.sqrt(num2) / np.maximum(np.abs(lam), _floor(lam, mass))
     num2 = np.zeros(len(lam))
     # in row blocks: whole (V, k) temporaries are fresh pages each call (100k vertices, 128
     # pairs: 125-720 ms against 60 ms)

@@ -1,0 +1,120 @@
+"""Fused CPU kernel for the residual norms of a block of generalized eigenpairs.
+
+:func:`~manifoldmp.spectral.eigen.residuals` needs, per pair ``c``,
+``sum_i |(L X)_ic - lambda_c m_i X_ic|^2 / m_i``. Through scipy it forms ``L X`` by row blocks
+(one thread) and reduces the block with numpy: at 100k vertices and 128 pairs 51 ms real and
+170 ms complex, and the eigensolver evaluates it after every Rayleigh-Ritz step. This kernel
+makes one pass over the rows on all threads: each row's product is summed in the order of
+scipy's CSR product (so each entry of the residual is the same number), the row's residual
+formed and its weighted squares added to the thread's partial sums: 14 and 26 ms. Complex
+blocks are read as interleaved real rows and the complex products written out in real
+arithmetic. Without numba, or in a forked child, :func:`residual_sq` returns ``None`` and the
+caller keeps scipy's path.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from manifoldmp.spectral import fused
+
+__all__ = ["residual_sq"]
+
+#: Least ``V k`` for which the kernel runs (below, scipy's path takes under a millisecond).
+MIN_SIZE = 1 << 16
+
+if fused.numba is not None:
+    from numba import prange
+
+    @fused._jit(parallel=True)
+    def _res_real(indptr, indices, data, X, lam, mass, threads):  # pragma: no cover - jit
+        V, k = X.shape
+        part = np.zeros((threads, k))
+        chunk = (V + threads - 1) // threads
+        for t in prange(threads):
+            acc = np.empty(k)
+            for i in range(t * chunk, min(V, (t + 1) * chunk)):
+                for c in range(k):
+                    acc[c] = 0.0
+                for p in range(indptr[i], indptr[i + 1]):
+                    j = indices[p]
+                    v = data[p]
+                    for c in range(k):
+                        acc[c] += v * X[j, c]
+                mi = mass[i]
+                inv = 1.0 / mi
+                for c in range(k):
+                    r = acc[c] - (mi * lam[c]) * X[i, c]
+                    part[t, c] += r * r * inv
+        return part.sum(axis=0)
+
+    @fused._jit(parallel=True)
+    def _res_complex(indptr, indices, dre, dim, Xv, lam, mass, threads):  # pragma: no cover
+        V = Xv.shape[0]
+        k = Xv.shape[1] // 2
+        part = np.zeros((threads, k))
+        chunk = (V + threads - 1) // threads
+        for t in prange(threads):
+            ar = np.empty(k)
+            ai = np.empty(k)
+            for i in range(t * chunk, min(V, (t + 1) * chunk)):
+                for c in range(k):
+                    ar[c] = 0.0
+                    ai[c] = 0.0
+                for p in range(indptr[i], indptr[i + 1]):
+                    j = indices[p]
+                    a = dre[p]
+                    b = dim[p]
+                    for c in range(k):
+                        xr = Xv[j, 2 * c]
+                        xi = Xv[j, 2 * c + 1]
+                        ar[c] += a * xr - b * xi
+                        ai[c] += a * xi + b * xr
+                mi = mass[i]
+                inv = 1.0 / mi
+                for c in range(k):
+                    rr = ar[c] - (mi * lam[c]) * Xv[i, 2 * c]
+                    ri = ai[c] - (mi * lam[c]) * Xv[i, 2 * c + 1]
+                    part[t, c] += (rr * rr + ri * ri) * inv
+        return part.sum(axis=0)
+
+
+def residual_sq(L: sp.csr_matrix, mass: np.ndarray, lam: np.ndarray,
+                X: np.ndarray, threads: int | None = None) -> np.ndarray | None:
+    """``sum_i |(L X)_ic - lam_c m_i X_ic|^2 / m_i`` per column, or ``None`` where not usable.
+
+    Parameters
+    ----------
+    L : (V, V) scipy.sparse.csr_matrix
+        float64 or complex128.
+    mass : (V,) ndarray of float64
+    lam : (k,) ndarray of float64
+    X : (V, k) ndarray
+        C-ordered (rows contiguous: the kernel gathers rows), float64 for real ``L``,
+        complex128 for complex ``L``.
+    threads : int, optional
+        Row ranges (default: torch's thread count, within numba's pool).
+
+    Returns
+    -------
+    (k,) ndarray of float64 or None
+        ``None`` without numba, in a forked child, for small or other-typed inputs (the
+        caller computes it another way).
+    """
+    if not (fused.fused_available() and sp.isspmatrix_csr(L) and X.ndim == 2
+            and X.flags.c_contiguous and X.shape[0] * X.shape[1] >= MIN_SIZE
+            and L.shape == (X.shape[0], X.shape[0])):
+        return None
+    if not ((L.dtype == np.float64 and X.dtype == np.float64)
+            or (L.dtype == np.complex128 and X.dtype == np.complex128)):
+        return None
+    T = fused._threads() if threads is None else max(1, int(threads))
+    args: tuple[Any, ...] = (np.ascontiguousarray(lam, dtype=np.float64),
+                             np.ascontiguousarray(mass, dtype=np.float64), T)
+    if L.dtype == np.float64:
+        return _res_real(L.indptr, L.indices, L.data, X, *args)
+    return _res_complex(L.indptr, L.indices, np.ascontiguousarray(L.data.real),
+                        np.ascontiguousarray(L.data.imag), X.view(np.float64), *args)
