@@ -119,11 +119,22 @@ def residuals(L: Any, mass: np.ndarray, eigenvalues: np.ndarray,
     Returns
     -------
     (k,) ndarray of float64
+
+    Raises
+    ------
+    ParameterError
+        Shapes that do not fit together.
     """
     mass = np.asarray(mass, dtype=np.float64)
     lam = np.asarray(eigenvalues, dtype=np.float64)
     L = sp.csr_matrix(L)
     eigenvectors = np.asarray(eigenvectors)
+    V = L.shape[0]
+    if L.shape != (V, V) or mass.shape != (V,) or eigenvectors.shape != (V, lam.size) \
+            or lam.ndim != 1:
+        raise ParameterError(f"need L (V, V), mass (V,), eigenvalues (k,) and eigenvectors "
+                             f"(V, k); got {L.shape}, {mass.shape}, {lam.shape}, "
+                             f"{eigenvectors.shape}")
     # one fused pass on all cores where it runs (C-ordered vectors; 100k vertices, 128 pairs:
     # 14 against 51 ms real, 26 against 170 ms complex), the same sums as below
     num2 = residual_norms.residual_sq(L, mass, lam, eigenvectors)

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from manifoldmp.errors import ParameterError
 from manifoldmp.spectral import fused
 
 __all__ = ["residual_sq"]
@@ -103,17 +104,30 @@ def residual_sq(L: sp.csr_matrix, mass: np.ndarray, lam: np.ndarray,
     (k,) ndarray of float64 or None
         ``None`` without numba, in a forked child, for small or other-typed inputs (the
         caller computes it another way).
+
+    Raises
+    ------
+    ParameterError
+        Shapes of ``L``, ``X``, ``mass`` and ``lam`` that do not fit together.
     """
-    if not (fused.fused_available() and sp.isspmatrix_csr(L) and X.ndim == 2
-            and X.flags.c_contiguous and X.shape[0] * X.shape[1] >= MIN_SIZE
-            and L.shape == (X.shape[0], X.shape[0])):
+    X = np.asarray(X)
+    mass = np.asarray(mass, dtype=np.float64)
+    lam = np.asarray(lam, dtype=np.float64)
+    if X.ndim != 2 or L.shape != (X.shape[0], X.shape[0]):
+        raise ParameterError(f"X must be (V, k) with L of shape (V, V); got X {X.shape}, "
+                             f"L {L.shape}")
+    if mass.shape != (X.shape[0],) or lam.shape != (X.shape[1],):
+        # the kernels index both without bounds checks: refuse a mismatch here
+        raise ParameterError(f"mass must be ({X.shape[0]},) and lam ({X.shape[1]},); got "
+                             f"{mass.shape} and {lam.shape}")
+    if not (fused.fused_available() and sp.isspmatrix_csr(L) and X.flags.c_contiguous
+            and X.shape[0] * X.shape[1] >= MIN_SIZE):
         return None
     if not ((L.dtype == np.float64 and X.dtype == np.float64)
             or (L.dtype == np.complex128 and X.dtype == np.complex128)):
         return None
     T = fused._threads() if threads is None else max(1, int(threads))
-    args: tuple[Any, ...] = (np.ascontiguousarray(lam, dtype=np.float64),
-                             np.ascontiguousarray(mass, dtype=np.float64), T)
+    args: tuple[Any, ...] = (np.ascontiguousarray(lam), np.ascontiguousarray(mass), T)
     if L.dtype == np.float64:
         return _res_real(L.indptr, L.indices, L.data, X, *args)
     return _res_complex(L.indptr, L.indices, np.ascontiguousarray(L.data.real),

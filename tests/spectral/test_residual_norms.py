@@ -5,6 +5,7 @@ import pytest
 import scipy.sparse as sp
 
 import manifoldmp as mmp
+from manifoldmp.errors import ParameterError
 from manifoldmp.spectral import residual_norms
 from manifoldmp.spectral.eigen import residuals
 from manifoldmp.spectral.fused import fused_available
@@ -77,3 +78,20 @@ def test_not_usable_returns_none(sphere):
     assert residual_norms.residual_sq(L, m, lam, X.astype(complex)) is None       # dtypes
     assert residual_norms.residual_sq(L, m, lam[:1], X[:, :1]) is None            # too small
     assert residual_norms.residual_sq(L[:100, :100], m[:100], lam, X[:100]) is None
+
+
+def test_mismatched_shapes_are_refused(sphere):
+    """The kernels index mass and lam without bounds checks: a mismatch must not reach them."""
+    L = sp.csr_matrix(mmp.connection_laplacian(sphere, 0))
+    m = sphere.vertex_areas
+    X = _block(L.shape[0], 8, False)
+    with pytest.raises(ParameterError, match="lam"):
+        residual_norms.residual_sq(L, m, np.zeros(3), X)
+    with pytest.raises(ParameterError, match="mass"):
+        residual_norms.residual_sq(L, m[:-1], np.zeros(8), X)
+    with pytest.raises(ParameterError, match="X must be"):
+        residual_norms.residual_sq(L, m, np.zeros(8), X[:-1])
+    with pytest.raises(ParameterError, match="eigenvectors"):
+        residuals(L, m, np.zeros(3), X)
+    with pytest.raises(ParameterError, match="eigenvectors"):
+        residuals(L, m[:-1], np.zeros(8), X)
