@@ -196,7 +196,8 @@ class LevelSolver:
         self.dtype = pivots.dtype
         self.is_complex = np.iscomplexobj(pivots)
         self.inv_pivots = torch.from_numpy(1.0 / pivots)
-        self._composed: tuple[np.ndarray, np.ndarray] | None = None
+        # (perm, rows in the level order, the same as a torch index, its inverse as one)
+        self._composed: tuple[Any, np.ndarray, torch.Tensor, torch.Tensor] | None = None
         self._work: np.ndarray | None = None  # (V, C) workspace of the last width
         self.shape = (len(order), len(order))
 
@@ -315,7 +316,7 @@ class LevelSolver:
         """``A^-1 b`` for ``b : (V, C)``; returns ``(V, C)``.
 
         ``b`` and the result are in the factor's numbering, or, with ``perm``, in the numbering
-        of the original matrix ``A_orig = A[perm][:, perm]`` (one gather and one scatter for
+        of the original matrix ``A_orig = A[perm][:, perm]`` (one row gather each way for
         both permutations). Not thread-safe: calls share a workspace.
 
         Raises
@@ -329,14 +330,21 @@ class LevelSolver:
         if perm is not None and np.shape(perm) != (self.shape[0],):
             raise ParameterError(f"perm must have shape ({self.shape[0]},), got "
                                  f"{np.shape(perm)}")
-        idx = self._index(perm)
+        idx, idx_t, inv_t = self._index(perm)
         if b.dtype != self.dtype:
             b = b.astype(self.dtype)
         # rows in the level order, gathered into a workspace kept between calls of one
-        # width (fresh 100 MB blocks cost more in page faults than the gather itself)
+        # width (fresh 100 MB blocks cost more in page faults than the gather itself).
+        # torch's row gather runs on both cores but reads a Fortran-ordered block column by
+        # column per row (slower than numpy's take there): 100k rows, 8 complex columns,
+        # 1.1 ms C-ordered against numpy's 2.3, Fortran-ordered numpy's 3.4 against 11.9
         if self._work is None or self._work.shape != b.shape:
             self._work = np.empty(b.shape, dtype=self.dtype)
-        bo = np.take(b, idx, axis=0, out=self._work, mode="clip")
+        if b.flags.c_contiguous:
+            torch.index_select(torch.from_numpy(b), 0, idx_t, out=torch.from_numpy(self._work))
+            bo = self._work
+        else:
+            bo = np.take(b, idx, axis=0, out=self._work, mode="clip")
         yc = torch.from_numpy(bo)
         # complex: the same memory read as real (V, 2C) with Re and Im interleaved
         y = torch.view_as_real(yc).view(len(idx), -1) if self.is_complex else yc
@@ -345,17 +353,23 @@ class LevelSolver:
         yc.mul_(self.inv_pivots[:, None])
         for a, e, B, D in reversed(self.upper):
             self._level(yc, y, a, e, B, D, y[e:])
-        out = np.empty(bo.shape, dtype=self.dtype)
-        out[idx] = yc.numpy()
-        return out
+        # back to the caller's numbering as a gather by the inverse permutation, not a
+        # scatter (100k rows, 8 columns: 1.5 against 5.2 ms complex, 0.34 against 4.6 real)
+        return torch.index_select(yc, 0, inv_t).numpy()
 
-    def _index(self, perm: np.ndarray | None) -> np.ndarray:
-        """Rows of ``b`` in the level order: ``order``, or ``perm[order]`` (cached)."""
-        if perm is None:
-            return self.order
+    def _index(self, perm: np.ndarray | None) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
+        """The gather indices of :meth:`solve`, cached for the last ``perm``.
+
+        Rows of ``b`` in the level order (``order``, or ``perm[order]``) as numpy and torch
+        indices, and the inverse permutation as a torch index.
+        """
         if self._composed is None or self._composed[0] is not perm:
-            self._composed = (perm, np.asarray(perm)[self.order])
-        return self._composed[1]
+            idx = self.order if perm is None else np.asarray(perm)[self.order]
+            inv = np.empty(len(idx), dtype=np.int64)
+            inv[idx] = np.arange(len(idx))
+            self._composed = (perm, idx, torch.from_numpy(idx.astype(np.int64)),
+                              torch.from_numpy(inv))
+        return self._composed[1], self._composed[2], self._composed[3]
 
     def _mm(self, M: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
         """``M K`` for the real form ``K`` of a block; complex: ``M = [Re; Im]`` stacked.
