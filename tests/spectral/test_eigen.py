@@ -278,6 +278,121 @@ def test_partial_refinement_sweeps_only_the_pairs_above_tol(sphere4: mmp.Surface
     np.testing.assert_allclose(Phi_p.conj().T @ (m[:, None] * Phi_p), np.eye(16), atol=1e-12)
 
 
+def _spoiled_pairs(sphere4: mmp.Surface, n: int, bad: np.ndarray):
+    """Converged pairs of sphere4 with noise in the stiff directions on the columns ``bad``."""
+    from manifoldmp.spectral.eigen import _orthonormalize
+
+    L = mmp.connection_laplacian(sphere4, n)
+    m = sphere4.vertex_areas
+    res = generalized_eigsh(L, m, 16, tol=1e-11)
+    s = 1.0 / np.sqrt(m)
+    B = (sp.diags(s) @ L @ sp.diags(s)).tocsr()
+    lu = _factorize((B + 0.1 * sp.eye(B.shape[0])).tocsc())
+    rng = np.random.default_rng(3)
+    X = res.eigenvectors / s[:, None]
+    noise = B @ (B @ rng.standard_normal((X.shape[0], len(bad))))
+    X[:, bad] += 1e-9 * noise * (1 if n == 0 else 1 + 1j) / np.linalg.norm(noise, axis=0)
+    X, _, _ = _orthonormalize(np.asfortranarray(X), None, rng)
+    return L, m, s, B, lu, np.ascontiguousarray(X), res
+
+
+@pytest.mark.parametrize("n", [0, 1])
+def test_sweep_within_the_swept_pairs_matches_the_full_step(sphere4: mmp.Surface,
+                                                            n: int) -> None:
+    # at the rounding level the swept pairs hardly couple to the kept ones: the step within
+    # the swept columns alone gives what the full Rayleigh-Ritz step gives, and leaves the
+    # kept columns as they are (bit for bit)
+    from manifoldmp.spectral.eigen import _floor, _refine, _sweep_block, _swept_only
+
+    bad = np.array([2, 7, 11])
+    L, m, s, B, lu, X, res = _spoiled_pairs(sphere4, n, bad)
+    rng = np.random.default_rng(5)
+    lam = np.real(np.sum(X.conj() * (B @ X), axis=0))
+    block = _sweep_block(lu.solve, B, X, rng, bad)
+    Z, H1, H22 = block
+    np.testing.assert_allclose(Z.conj().T @ Z, np.eye(3), atol=1e-13)
+    kept = np.setdiff1d(np.arange(16), bad)
+    assert np.abs(X[:, kept].conj().T @ Z).max() < 1e-13  # orthogonal to the kept columns
+    np.testing.assert_allclose(H1, X.conj().T @ (B @ Z), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(H22, Z.conj().T @ (B @ Z), rtol=0, atol=1e-12)
+    floor = _floor(lam, m)
+    assert _swept_only(*block, bad, 0.0, floor) is None   # no allowance: the full step
+    alone = _swept_only(*block, bad, 1e-2 * 1e-9, floor)
+    assert alone is not None
+    mu, Zn = alone
+    lam_f, Phi_f, _ = _refine(lu.solve, B, X.copy(), s, rng, bad, lam, block=block)
+    lam_a = lam.copy()
+    lam_a[bad] = mu
+    np.testing.assert_allclose(np.sort(lam_a), lam_f, rtol=1e-12)
+    np.testing.assert_allclose(np.sort(lam_a), res.eigenvalues, rtol=1e-10, atol=1e-12)
+    Phi_a = s[:, None] * X
+    Phi_a[:, bad] = s[:, None] * Zn
+    np.testing.assert_allclose(Phi_a.conj().T @ (m[:, None] * Phi_a), np.eye(16), atol=1e-12)
+    r_a = residuals(L, m, lam_a, Phi_a)
+    r_f = residuals(L, m, lam_f, Phi_f)
+    assert r_a.max() < 1.5 * r_f.max() and r_a.max() < 1e-8
+
+
+def test_sweep_of_a_pair_coupled_to_a_kept_one_takes_the_full_step(sphere4: mmp.Surface
+                                                                   ) -> None:
+    # two pairs of different eigenvalues mixed half and half: sweeping one of them alone
+    # cannot separate them (its partner is kept), the coupling says so, and the full step does
+    from manifoldmp.spectral.eigen import _floor, _refine, _sweep_block, _swept_only
+
+    L, m, s, B, lu, X, res = _spoiled_pairs(sphere4, 0, np.array([], dtype=int))
+    a, b = 3, 9   # lambda 2 and 6
+    X[:, [a, b]] = (X[:, [a, b]] @ np.array([[1.0, 1.0], [1.0, -1.0]])) / np.sqrt(2.0)
+    lam = np.real(np.sum(X.conj() * (B @ X), axis=0))
+    rng = np.random.default_rng(6)
+    block = _sweep_block(lu.solve, B, X, rng, np.array([a]))
+    assert _swept_only(*block, np.array([a]), 1e-10, _floor(lam, m)) is None
+    lam_f, Phi_f, _ = _refine(lu.solve, B, X, s, rng, np.array([a]), lam, block=block)
+    np.testing.assert_allclose(lam_f, res.eigenvalues, rtol=1e-8, atol=1e-10)
+    assert residuals(L, m, lam_f, Phi_f).max() < 1e-6
+
+
+@pytest.mark.parametrize("order", ["C", "F"])
+@pytest.mark.parametrize("swaps", [1, 22])
+def test_sort_pairs_moves_the_columns_with_their_values(order: str, swaps: int) -> None:
+    from manifoldmp.spectral.eigen import _sort_pairs
+
+    rng = np.random.default_rng(7)
+    V, k = 1300, 48   # rows not a multiple of the 512-row blocks
+    lam = np.sort(rng.random(k))
+    perm = np.arange(k)
+    for j in range(0, 2 * swaps, 2):   # neighbours swapped, as in degenerate clusters
+        perm[j], perm[j + 1] = perm[j + 1], perm[j]
+    X = rng.standard_normal((V, k)) + 1j * rng.standard_normal((V, k))
+    Xp = np.asarray(X[:, perm], order=order)
+    Y = np.ascontiguousarray(rng.standard_normal((V, k))[:, perm])
+    lp, r = lam[perm].copy(), np.arange(k, dtype=float)[perm]
+    ptr = Xp.__array_interface__["data"][0]
+    _sort_pairs(lp, r, Xp, Y)
+    np.testing.assert_array_equal(lp, lam)
+    np.testing.assert_array_equal(r, np.arange(k))
+    np.testing.assert_array_equal(Xp, X)
+    assert Xp.__array_interface__["data"][0] == ptr and Xp.flags[f"{order}_CONTIGUOUS"]
+    sorted_lam = lam.copy()
+    _sort_pairs(sorted_lam, X)   # nothing to move
+    np.testing.assert_array_equal(sorted_lam, lam)
+
+
+def test_tight_solve_sweeps_within_the_swept_pairs(caplog: pytest.LogCaptureFixture) -> None:
+    # the solver's own sweeps at the rounding level take the step within the swept pairs
+    S = mmp.meshes.torus(n_major=100, n_minor=62)
+    L = mmp.connection_laplacian(S, 1)
+    with caplog.at_level("DEBUG", logger="manifoldmp.spectral.eigen"):
+        res = generalized_eigsh(L, S.vertex_areas, 48, tol=1.5e-12)
+    assert "refinement sweep of" in caplog.text
+    assert res.residuals.max() <= 1.5e-12
+    np.testing.assert_allclose(residuals(L, S.vertex_areas, res.eigenvalues, res.eigenvectors),
+                               res.residuals, rtol=1e-8)
+    assert np.all(np.diff(res.eigenvalues) >= 0)
+    Phi = res.eigenvectors
+    np.testing.assert_allclose(Phi.conj().T @ (S.vertex_areas[:, None] * Phi), np.eye(48),
+                               atol=1e-12)
+
+
 @pytest.mark.parametrize("n", [0, 1])
 def test_residuals_in_row_blocks_match_the_whole_array_formula(n: int) -> None:
     # the row-block loop against the obvious formula, on more rows than one block

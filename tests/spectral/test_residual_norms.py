@@ -95,3 +95,60 @@ def test_mismatched_shapes_are_refused(sphere):
         residuals(L, m, np.zeros(3), X)
     with pytest.raises(ParameterError, match="eigenvectors"):
         residuals(L, m[:-1], np.zeros(8), X)
+
+
+@pytest.mark.parametrize("n", [0, 1])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_rayleigh_quotients_match_the_formula(sphere, n, threads):
+    # Re(x^H L x) / (x^H M x) per column, against the dense-free obvious formula
+    L = sp.csr_matrix(mmp.connection_laplacian(sphere, n))
+    m = sphere.vertex_areas
+    X = _block(L.shape[0], 9, n != 0, seed=2)
+    ref = (np.real(np.einsum("ij,ij->j", X.conj(), L @ X))
+           / np.real(np.einsum("ij,ij,i->j", X.conj(), X, m)))
+    out = residual_norms.rayleigh_quotients(L, m, X, threads=threads)
+    assert out is not None
+    np.testing.assert_allclose(out, ref, rtol=1e-13)
+
+
+def test_rayleigh_quotients_of_eigenvectors_are_the_eigenvalues(sphere):
+    from manifoldmp.spectral.eigen import generalized_eigsh
+    L = mmp.connection_laplacian(sphere, 1)
+    res = generalized_eigsh(L, sphere.vertex_areas, 8, tol=1e-11)
+    out = residual_norms.rayleigh_quotients(sp.csr_matrix(L), sphere.vertex_areas,
+                                            np.ascontiguousarray(res.eigenvectors))
+    np.testing.assert_allclose(out, res.eigenvalues, rtol=1e-12)
+    # l(l+1) - 1 on the unit sphere (l = 1: 1, l = 2: 5), to discretization accuracy
+    np.testing.assert_allclose(out, [1, 1, 1, 5, 5, 5, 5, 5], rtol=2e-3)
+
+
+def test_rayleigh_quotients_not_usable_or_bad_input(sphere):
+    L = sp.csr_matrix(mmp.connection_laplacian(sphere, 0))
+    m = sphere.vertex_areas
+    X = _block(L.shape[0], 8, False)
+    assert residual_norms.rayleigh_quotients(L, m, np.asfortranarray(X)) is None
+    assert residual_norms.rayleigh_quotients(L.tocsc(), m, X) is None
+    assert residual_norms.rayleigh_quotients(L, m, X.astype(complex)) is None
+    assert residual_norms.rayleigh_quotients(L, m, X[:, :1]) is None                 # small
+    with pytest.raises(ParameterError, match="mass"):
+        residual_norms.rayleigh_quotients(L, m[:-1], X)
+    with pytest.raises(ParameterError, match="X"):
+        residual_norms.rayleigh_quotients(L, m, X[:-1])
+    X[:, 3] = 0.0
+    with pytest.raises(ParameterError, match="column 3"):
+        residual_norms.rayleigh_quotients(L, m, X)
+
+
+def test_residuals_with_an_explicit_floor(sphere):
+    # a subset of pairs measured against the floor of the whole set: the same numbers
+    L = mmp.connection_laplacian(sphere, 0)
+    m = sphere.vertex_areas
+    X = _block(L.shape[0], 10, False, seed=3)
+    lam = np.array([0.0, 1e-4, 2.0, 6.0, 12.0, 20.0, 30.0, 42.0, 56.0, 5000.0])
+    whole = residuals(L, m, lam, X)
+    floor = max(1e-3 * 5000.0, 4 * np.pi / m.sum())   # 5: above Weyl's 1 here
+    part = residuals(L, m, lam[:3], np.ascontiguousarray(X[:, :3]), floor=floor)
+    np.testing.assert_allclose(part, whole[:3], rtol=1e-13)
+    assert not np.allclose(residuals(L, m, lam[:3], np.ascontiguousarray(X[:, :3])), part)
+    with pytest.raises(ParameterError, match="floor"):
+        residuals(L, m, lam, X, floor=0.0)
