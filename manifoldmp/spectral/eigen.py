@@ -749,16 +749,22 @@ def _sweep_block(apply_S: Any, Bmat: sp.csr_matrix, X: np.ndarray, rng: np.rando
                  cols: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Inverse iteration on the columns ``cols`` of ``X``, orthogonal to all of ``X``.
 
-    Returns ``(Z, H1, H22)``: ``Z = S X[:, cols]`` made orthonormal and orthogonal to ``X``
-    (CGS2; the coefficients of the swept columns are zero: their span is replaced),
+    Returns ``(Z, H1, H22)``: ``Z = S X[:, cols]`` made orthonormal and orthogonal to the kept
+    columns of ``X`` (classical Gram-Schmidt, repeated where it cancels; the coefficients of
+    the swept columns are zero: their span is replaced),
     ``H1 = X^H B Z`` of shape ``(k, m)`` and ``H22 = Z^H B Z``.
     """
     Z = apply_S(np.asfortranarray(X[:, cols]))
     Z /= np.linalg.norm(Z, axis=0)
-    for _ in range(2):  # CGS2 against the kept columns (coefficients of the swept ones zero)
-        C = _mm(X, Z, adjoint=True)
-        C[cols] = 0
+    before = _frobenius(Z)
+    for _ in range(2):  # CGS against the kept columns (coefficients of the swept ones zero),
+        C = _mm(X, Z, adjoint=True)   # again only where the first pass cancelled (DGKS): the
+        C[cols] = 0                   # kept pairs' components are small at the rounding level
         Z -= _mm(X, C)
+        after = _frobenius(Z)
+        if after >= 0.7071 * before:
+            break
+        before = after
     Z, _, _ = _orthonormalize(np.asfortranarray(Z), None, rng)
     BZ = Bmat @ Z
     return Z, _mm(X, BZ, adjoint=True), Z.conj().T @ BZ
