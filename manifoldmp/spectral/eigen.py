@@ -266,8 +266,8 @@ class SparseFactor:
     def prepare_block_solves(self) -> bool:
         """Build the level-scheduled block solver (:mod:`~manifoldmp.spectral.supernodal`).
 
-        Multi-column solves then cost 2-4.6 ms per column instead of SuperLU's 7 (100k
-        vertices, real; complex 9-11 against 13); one-column solves stay with SuperLU.
+        Multi-column solves then cost 1.6-2.2 ms per column instead of SuperLU's 7 (100k
+        vertices, 8-64 columns real; complex 6-10 against 13); one-column solves stay with SuperLU.
         Returns whether the factor fits (a pivoted factor or a deep elimination tree does
         not, and keeps SuperLU's solve). ``solve`` calls it by itself after
         :attr:`AUTO_LEVEL_COLUMNS` columns on a large factor.

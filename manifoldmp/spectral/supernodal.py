@@ -20,8 +20,8 @@ with ``B_l`` the level's rows of ``L`` outside the groups and ``D_l^-1`` the blo
 inverse of the groups' dense triangular diagonal blocks (computed once; a supernode's inverse
 block has the same pattern as the block). Both are sparse products on all columns at once
 (torch CSR, MKL on both cores, GIL released). The upper factor runs the same levels in
-reverse. A 100k-vertex torus has 57k groups on 29 levels: 2-4.6 ms per column at 8-64
-columns real (SuperLU: 7 at any width), 9-11 ms complex (SuperLU: 13).
+reverse. A 100k-vertex torus has 57k groups on 29 levels: 1.6-2.2 ms per column at 8-64
+columns real (SuperLU: 7 at any width), 6-10 ms complex (SuperLU: 13).
 
 The level order is checked against every entry of both factors, so a factor whose pattern
 does not fit (partial pivoting, an unsymmetric pattern) is refused and the caller keeps
