@@ -32,6 +32,34 @@ MIN_SIZE = 1 << 16
 if fused.numba is not None:
     from numba import prange
 
+    @fused._jit(inline="always")
+    def _row_real(indptr, indices, data, X, i, acc):  # pragma: no cover - jit
+        """``acc = (L X)[i]``, the entries summed in scipy's CSR order."""
+        for c in range(X.shape[1]):
+            acc[c] = 0.0
+        for p in range(indptr[i], indptr[i + 1]):
+            j = indices[p]
+            v = data[p]
+            for c in range(X.shape[1]):
+                acc[c] += v * X[j, c]
+
+    @fused._jit(inline="always")
+    def _row_complex(indptr, indices, dre, dim, Xv, i, ar, ai):  # pragma: no cover - jit
+        """``ar + i ai = (L X)[i]`` for ``X`` read as interleaved real rows ``Xv``."""
+        k = Xv.shape[1] // 2
+        for c in range(k):
+            ar[c] = 0.0
+            ai[c] = 0.0
+        for p in range(indptr[i], indptr[i + 1]):
+            j = indices[p]
+            a = dre[p]
+            b = dim[p]
+            for c in range(k):
+                xr = Xv[j, 2 * c]
+                xi = Xv[j, 2 * c + 1]
+                ar[c] += a * xr - b * xi
+                ai[c] += a * xi + b * xr
+
     @fused._jit(parallel=True)
     def _res_real(indptr, indices, data, X, lam, mass, threads):  # pragma: no cover - jit
         V, k = X.shape
@@ -40,13 +68,7 @@ if fused.numba is not None:
         for t in prange(threads):
             acc = np.empty(k)
             for i in range(t * chunk, min(V, (t + 1) * chunk)):
-                for c in range(k):
-                    acc[c] = 0.0
-                for p in range(indptr[i], indptr[i + 1]):
-                    j = indices[p]
-                    v = data[p]
-                    for c in range(k):
-                        acc[c] += v * X[j, c]
+                _row_real(indptr, indices, data, X, i, acc)
                 mi = mass[i]
                 inv = 1.0 / mi
                 for c in range(k):
@@ -64,18 +86,7 @@ if fused.numba is not None:
             ar = np.empty(k)
             ai = np.empty(k)
             for i in range(t * chunk, min(V, (t + 1) * chunk)):
-                for c in range(k):
-                    ar[c] = 0.0
-                    ai[c] = 0.0
-                for p in range(indptr[i], indptr[i + 1]):
-                    j = indices[p]
-                    a = dre[p]
-                    b = dim[p]
-                    for c in range(k):
-                        xr = Xv[j, 2 * c]
-                        xi = Xv[j, 2 * c + 1]
-                        ar[c] += a * xr - b * xi
-                        ai[c] += a * xi + b * xr
+                _row_complex(indptr, indices, dre, dim, Xv, i, ar, ai)
                 mi = mass[i]
                 inv = 1.0 / mi
                 for c in range(k):
@@ -83,8 +94,6 @@ if fused.numba is not None:
                     ri = ai[c] - (mi * lam[c]) * Xv[i, 2 * c + 1]
                     part[t, c] += (rr * rr + ri * ri) * inv
         return part.sum(axis=0)
-
-
 
     @fused._jit(parallel=True)
     def _quad_real(indptr, indices, data, X, mass, threads):  # pragma: no cover - jit
@@ -94,13 +103,7 @@ if fused.numba is not None:
         for t in prange(threads):
             acc = np.empty(k)
             for i in range(t * chunk, min(V, (t + 1) * chunk)):
-                for c in range(k):
-                    acc[c] = 0.0
-                for p in range(indptr[i], indptr[i + 1]):
-                    j = indices[p]
-                    v = data[p]
-                    for c in range(k):
-                        acc[c] += v * X[j, c]
+                _row_real(indptr, indices, data, X, i, acc)
                 mi = mass[i]
                 for c in range(k):
                     x = X[i, c]
@@ -118,18 +121,7 @@ if fused.numba is not None:
             ar = np.empty(k)
             ai = np.empty(k)
             for i in range(t * chunk, min(V, (t + 1) * chunk)):
-                for c in range(k):
-                    ar[c] = 0.0
-                    ai[c] = 0.0
-                for p in range(indptr[i], indptr[i + 1]):
-                    j = indices[p]
-                    a = dre[p]
-                    b = dim[p]
-                    for c in range(k):
-                        xr = Xv[j, 2 * c]
-                        xi = Xv[j, 2 * c + 1]
-                        ar[c] += a * xr - b * xi
-                        ai[c] += a * xi + b * xr
+                _row_complex(indptr, indices, dre, dim, Xv, i, ar, ai)
                 mi = mass[i]
                 for c in range(k):
                     xr = Xv[i, 2 * c]
@@ -137,6 +129,7 @@ if fused.numba is not None:
                     part[t, 0, c] += xr * ar[c] + xi * ai[c]   # Re(conj(x) (L x))
                     part[t, 1, c] += mi * (xr * xr + xi * xi)
         return part.sum(axis=0)
+
 
 def residual_sq(L: sp.csr_matrix, mass: np.ndarray, lam: np.ndarray,
                 X: np.ndarray, threads: int | None = None) -> np.ndarray | None:
