@@ -131,6 +131,18 @@ if fused.numba is not None:
         return part.sum(axis=0)
 
 
+def _usable(L: Any, X: np.ndarray) -> bool:
+    """Whether the kernels run on ``(L, X)``.
+
+    They need numba in this process, a CSR ``L``, a C-ordered ``X`` of at least
+    :data:`MIN_SIZE` entries, and both float64 or both complex128.
+    """
+    return bool(fused.fused_available() and sp.isspmatrix_csr(L) and X.flags.c_contiguous
+                and X.shape[0] * X.shape[1] >= MIN_SIZE
+                and ((L.dtype == np.float64 and X.dtype == np.float64)
+                     or (L.dtype == np.complex128 and X.dtype == np.complex128)))
+
+
 def residual_sq(L: sp.csr_matrix, mass: np.ndarray, lam: np.ndarray,
                 X: np.ndarray, threads: int | None = None) -> np.ndarray | None:
     """``sum_i |(L X)_ic - lam_c m_i X_ic|^2 / m_i`` per column, or ``None`` where not usable.
@@ -168,11 +180,7 @@ def residual_sq(L: sp.csr_matrix, mass: np.ndarray, lam: np.ndarray,
         # the kernels index both without bounds checks: refuse a mismatch here
         raise ParameterError(f"mass must be ({X.shape[0]},) and lam ({X.shape[1]},); got "
                              f"{mass.shape} and {lam.shape}")
-    if not (fused.fused_available() and sp.isspmatrix_csr(L) and X.flags.c_contiguous
-            and X.shape[0] * X.shape[1] >= MIN_SIZE):
-        return None
-    if not ((L.dtype == np.float64 and X.dtype == np.float64)
-            or (L.dtype == np.complex128 and X.dtype == np.complex128)):
+    if not _usable(L, X):
         return None
     T = fused._threads() if threads is None else max(1, int(threads))
     args: tuple[Any, ...] = (np.ascontiguousarray(lam), np.ascontiguousarray(mass), T)
@@ -216,11 +224,7 @@ def rayleigh_quotients(L: sp.csr_matrix, mass: np.ndarray, X: np.ndarray,
     if X.ndim != 2 or L.shape != (X.shape[0], X.shape[0]) or mass.shape != (X.shape[0],):
         raise ParameterError(f"need L (V, V), mass (V,) and X (V, k); got L {L.shape}, "
                              f"mass {mass.shape}, X {X.shape}")
-    if not (fused.fused_available() and sp.isspmatrix_csr(L) and X.flags.c_contiguous
-            and X.shape[0] * X.shape[1] >= MIN_SIZE):
-        return None
-    if not ((L.dtype == np.float64 and X.dtype == np.float64)
-            or (L.dtype == np.complex128 and X.dtype == np.complex128)):
+    if not _usable(L, X):
         return None
     T = fused._threads() if threads is None else max(1, int(threads))
     if L.dtype == np.float64:
