@@ -727,8 +727,7 @@ def _next_check(nq: int, worst: float, last: tuple[int, float], target: float, b
     return steps * b
 
 
-def _rayleigh_quotients(L: sp.csr_matrix, mass: np.ndarray, Bmat: sp.csr_matrix,
-                        Phi: np.ndarray) -> np.ndarray:
+def _rayleigh_quotients(L: sp.csr_matrix, mass: np.ndarray, Phi: np.ndarray) -> np.ndarray:
     """Rayleigh quotients ``phi^H L phi / phi^H M phi`` (``= x^H B x / x^H x``) per column.
 
     What the eigensolver returns for its converged Ritz vectors, in place of a Rayleigh-Ritz
@@ -741,14 +740,12 @@ def _rayleigh_quotients(L: sp.csr_matrix, mass: np.ndarray, Bmat: sp.csr_matrix,
     8.5e-12: the rotation moved no pair's residual by more than 1.7e-13 (relative), and the
     step cost 0.6 s for ``n = 1`` (the ``(V, k)`` products of ``H`` and of the rotation); the
     quotients take one fused pass (:func:`~manifoldmp.spectral.residual_norms.rayleigh_quotients`,
-    26 ms there), or ``B X`` through scipy where the kernel does not run.
+    26 ms there), or ``L Phi`` through scipy where the kernel does not run.
 
     Parameters
     ----------
     L : (V, V) csr_matrix
     mass : (V,) ndarray
-    Bmat : (V, V) csr_matrix
-        ``M^-1/2 L M^-1/2``.
     Phi : (V, k) ndarray
         Eigenvector estimates (``M^-1/2`` times the Ritz vectors of ``B``).
 
@@ -759,10 +756,9 @@ def _rayleigh_quotients(L: sp.csr_matrix, mass: np.ndarray, Bmat: sp.csr_matrix,
     lam = residual_norms.rayleigh_quotients(L, mass, Phi)
     if lam is not None:
         return lam
-    X = np.sqrt(mass)[:, None] * Phi
-    BX = np.asarray(Bmat @ X)
-    return (np.real(np.einsum("ij,ij->j", X.conj(), BX))
-            / np.real(np.einsum("ij,ij->j", X.conj(), X)))
+    LPhi = np.asarray(L @ Phi)
+    return (np.real(np.einsum("ij,ij->j", Phi.conj(), LPhi))
+            / np.real(np.einsum("ij,ij,i->j", Phi.conj(), Phi, mass)))
 
 
 def _sort_pairs(lam: np.ndarray, *columns: np.ndarray) -> None:
@@ -1185,7 +1181,7 @@ def _block_lanczos(L: sp.csr_matrix, mass: np.ndarray, k: int, sigma: float | No
                 # tol go through the sweeps below
                 Phi = _mm(Q[:, :nq], np.ascontiguousarray(Yw[:, :k]))   # C-ordered
                 torch.from_numpy(Phi).mul_(torch.from_numpy(s)[:, None])
-                lam = _rayleigh_quotients(L, mass, Bmat, Phi)
+                lam = _rayleigh_quotients(L, mass, Phi)
                 res = residuals(L, mass, lam, Phi)
                 _sort_pairs(lam, res, Phi)
                 achieved = float(np.max(res))

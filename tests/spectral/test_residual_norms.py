@@ -152,3 +152,15 @@ def test_residuals_with_an_explicit_floor(sphere):
     assert not np.allclose(residuals(L, m, lam[:3], np.ascontiguousarray(X[:, :3])), part)
     with pytest.raises(ParameterError, match="floor"):
         residuals(L, m, lam, X, floor=0.0)
+
+
+@pytest.mark.parametrize("n", [0, 1])
+def test_solver_rayleigh_quotients_same_with_and_without_the_kernel(sphere, n, monkeypatch):
+    # the eigensolver's scipy fallback (L Phi and the column dot products) against the kernel
+    from manifoldmp.spectral.eigen import _rayleigh_quotients
+    L = sp.csr_matrix(mmp.connection_laplacian(sphere, n))
+    m = sphere.vertex_areas
+    X = _block(L.shape[0], 12, n != 0, seed=4)
+    fast = _rayleigh_quotients(L, m, X)
+    monkeypatch.setattr(residual_norms, "rayleigh_quotients", lambda *a, **kw: None)
+    np.testing.assert_allclose(_rayleigh_quotients(L, m, X), fast, rtol=1e-13)
