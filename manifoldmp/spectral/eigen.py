@@ -145,8 +145,8 @@ def residuals(L: Any, mass: np.ndarray, eigenvalues: np.ndarray,
     # 14 against 51 ms real, 26 against 170 ms complex), the same sums as below
     if floor is None:
         floor = _floor(lam, mass)
-    elif not (np.isfinite(floor) and floor > 0):
-        raise ParameterError(f"floor must be finite and positive, got {floor!r}")
+    else:
+        floor = validate_positive(floor, "floor")
     num2 = residual_norms.residual_sq(L, mass, lam, eigenvectors)
     if num2 is not None:
         return np.sqrt(num2) / np.maximum(np.abs(lam), floor)

@@ -152,6 +152,8 @@ def test_residuals_with_an_explicit_floor(sphere):
     assert not np.allclose(residuals(L, m, lam[:3], np.ascontiguousarray(X[:, :3])), part)
     with pytest.raises(ParameterError, match="floor"):
         residuals(L, m, lam, X, floor=0.0)
+    with pytest.raises(ParameterError, match="floor must be a real number"):
+        residuals(L, m, lam, X, floor="1")
 
 
 @pytest.mark.parametrize("n", [0, 1])
