@@ -196,7 +196,8 @@ def bench_eigen(name: str, S: mmp.Surface, n: int, k: int, repeat: int) -> dict:
         out.update(ours_equal_residual_s=t_eq, ours_equal_residual=r_eq,
                    ratio_equal_residual=t_scipy / t_eq, ours_equal_residual_runs_s=all_eq)
         print(f"        at eigsh's residual: ours {t_eq:.2f} s ({eq.n_solves} solves, "
-              f"residual {r_eq:.1e}) -> {t_scipy / t_eq:.2f}x", flush=True)
+              f"residual {r_eq:.1e}) -> {t_scipy / t_eq:.2f}x; runs "
+              f"{', '.join(f'{x:.2f}' for x in all_eq)} s", flush=True)
     return out
 
 
