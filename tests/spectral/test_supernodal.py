@@ -77,6 +77,22 @@ def test_short_groups_give_the_same_solution(monkeypatch: pytest.MonkeyPatch) ->
                                atol=1e-12 * np.abs(long.solve(B)).max())
 
 
+@pytest.mark.parametrize("shape", [(50, 80), (1, 5), (7, 7)])
+def test_stacked_complex_matrix_is_scipys_vstack(shape: tuple[int, int]) -> None:
+    """The stacked ``[Re M; Im M]`` against scipy's vstack, explicit zeros and all."""
+    M = (sp.random(*shape, density=0.2, format="csr", random_state=1)
+         + 1j * sp.random(*shape, density=0.2, format="csr", random_state=2)).tocsr()
+    M.data[::3] = 0.0   # explicit zeros stay entries in both halves
+    ref = sp.vstack([M.real, M.imag], format="csr")
+    T = sn._stacked(M, True)
+    assert tuple(T.shape) == ref.shape
+    np.testing.assert_array_equal(T.crow_indices().numpy(), ref.indptr)
+    np.testing.assert_array_equal(T.col_indices().numpy(), ref.indices)
+    np.testing.assert_array_equal(T.values().numpy(), ref.data)
+    R = sn._stacked(M.real.tocsr(), False)   # a real matrix stays as it is
+    np.testing.assert_array_equal(R.to_dense().numpy(), M.real.toarray())
+
+
 def test_a_pivoted_factor_is_refused() -> None:
     S = mmp.meshes.icosphere(2)
     A = _system(S, 0, 1.0)
