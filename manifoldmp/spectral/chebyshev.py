@@ -23,8 +23,10 @@ Error: ``|T_k| <= 1`` on ``[-1, 1]``, so for every ``z``
 to full precision from the Bessel values. The constant term gets ``tail_m`` added, which makes
 ``p_m(0) = 1`` exactly (``sum_k (-1)^k c_k = 1``): the constants of a scalar flow stay
 stationary and its mass is conserved to rounding; the bound becomes ``2 tail_m ||z||``. This is
-an a-priori bound, valid whenever ``b`` bounds the spectrum, which the Gershgorin bounds do
-rigorously (unlike the a-posteriori estimates of the Lanczos method).
+an a-priori bound, valid whenever ``b`` bounds the spectrum, which :func:`spectrum_bound`
+does rigorously (unlike the a-posteriori estimates of the Lanczos method): Collatz-Wielandt
+bounds of ``|B|`` by power iteration, within 0.02-1.7 % of ``lambda_max`` on the shared
+meshes where the Gershgorin bounds are 18-37 % above it.
 
 Degree: the smallest ``m`` whose bound meets ``tol`` relative to the input, then, once the
 output norm is known, relative to the output (``tol ||y_c||`` in the ``M``-norm of the heat
@@ -61,7 +63,7 @@ from manifoldmp.spectral.fused import FusedOperator, FusedRecurrence, check_bloc
 
 __all__ = ["FLOAT32_ACCURACY", "ChebyshevInfo", "ChebyshevNotConverged", "chebyshev_coefficients",
            "chebyshev_degree", "chebyshev_expm", "chebyshev_expm_fused", "gershgorin_bound",
-           "stacked_real"]
+           "spectrum_bound", "stacked_real"]
 
 log = logging.getLogger(__name__)
 
@@ -117,18 +119,8 @@ def _n_terms(w: float) -> int:
     return math.ceil(math.sqrt(140.0 * w) + 70.0)
 
 
-def gershgorin_bound(L: sp.spmatrix, mass: np.ndarray) -> float:
-    """Rigorous upper bound on the spectrum of ``M^-1 L`` for Hermitian ``L``, diagonal ``M``.
-
-    The smaller of the Gershgorin bounds of ``M^-1 L`` (``max_i sum_j |L_ij| / m_i``) and of
-    the similar Hermitian ``M^-1/2 L M^-1/2`` (``max_i sum_j |L_ij| / sqrt(m_i m_j)``).
-
-    Parameters
-    ----------
-    L : (V, V) sparse matrix
-    mass : (V,) ndarray
-        Positive lumped masses.
-    """
+def _check_pencil(L: Any, mass: Any) -> tuple[sp.csr_matrix, np.ndarray]:
+    """``(|L|, mass)`` checked: square sparse ``L``, ``(V,)`` finite positive masses."""
     if not sp.issparse(L) or L.shape[0] != L.shape[1]:
         raise ParameterError(f"L must be a square scipy.sparse matrix, got {type(L).__name__} "
                              f"of shape {getattr(L, 'shape', None)}")
@@ -137,10 +129,92 @@ def gershgorin_bound(L: sp.spmatrix, mass: np.ndarray) -> float:
     if mass.shape != (L.shape[0],) or not np.all(np.isfinite(mass)) or np.any(mass <= 0):
         raise ParameterError(f"mass must be ({L.shape[0]},) finite and > 0, got shape "
                              f"{mass.shape}, min {mass.min() if mass.size else None}")
+    if not np.all(np.isfinite(A.data)):
+        raise ParameterError(f"L has {int(np.count_nonzero(~np.isfinite(A.data)))} non-finite "
+                             "entries; expected a finite matrix")
+    return A, mass
+
+
+def gershgorin_bound(L: sp.spmatrix, mass: np.ndarray) -> float:
+    """Rigorous upper bound on the spectrum of ``M^-1 L`` for Hermitian ``L``, diagonal ``M``.
+
+    The smaller of the Gershgorin bounds of ``M^-1 L`` (``max_i sum_j |L_ij| / m_i``) and of
+    the similar Hermitian ``M^-1/2 L M^-1/2`` (``max_i sum_j |L_ij| / sqrt(m_i m_j)``).
+    :func:`spectrum_bound` starts from it and is tighter.
+
+    Parameters
+    ----------
+    L : (V, V) sparse matrix
+    mass : (V,) ndarray
+        Positive lumped masses.
+    """
+    A, mass = _check_pencil(L, mass)
     rows = np.asarray(A.sum(axis=1)).ravel() / mass
     s = 1.0 / np.sqrt(mass)
     sym = np.asarray(A @ s).ravel() * s
     return float(min(np.max(rows), np.max(sym))) if mass.size else 0.0
+
+
+#: Power iterations of :func:`spectrum_bound` (each one sparse product with one vector).
+BOUND_ITERATIONS = 30
+
+#: Relative margin added to :func:`spectrum_bound` for the rounding of its row sums (each
+#: ``(|B| d)_i / d_i`` is computed to a few ``eps`` per nonzero of the row).
+BOUND_MARGIN = 1e-12
+
+
+def spectrum_bound(L: sp.spmatrix, mass: np.ndarray, *,
+                   iterations: int = BOUND_ITERATIONS) -> float:
+    """Rigorous upper bound on the spectrum of ``M^-1 L``, close to ``lambda_max``.
+
+    For the Hermitian ``B = M^-1/2 L M^-1/2`` (similar to ``M^-1 L``) and the entrywise
+    absolute value ``|B|``, ``x^H B x <= |x|^T |B| |x|`` gives ``lambda_max(B) <= rho(|B|)``,
+    and for every positive vector ``d`` (Collatz-Wielandt)
+    ``rho(|B|) <= max_i (|B| d)_i / d_i``.
+    ``d = 1`` and ``d = M^1/2`` are the two Gershgorin bounds (:func:`gershgorin_bound`);
+    power iterations ``d <- |B| d`` move ``d`` towards the Perron vector of ``|B|``, where the
+    bound reaches ``rho(|B|)``. Every iterate's bound is rigorous; the smallest is returned,
+    with a relative margin of :data:`BOUND_MARGIN` for rounding. ``|B|`` does not depend on the
+    transports, so the bound is the same for every type ``n``.
+
+    On the shared meshes (armadillo, boot, spot, nefertiti) the Gershgorin bound is
+    1.18-1.37 ``lambda_max`` and this one 1.0002-1.017; the Chebyshev degree, which grows like
+    ``sqrt(t b)``, falls by up to 15 %. Where ``rho(|B|)`` itself exceeds ``lambda_max`` the
+    bound cannot go below it: on the very regular icospheres ``rho(|B|)`` is 1.16-1.29
+    ``lambda_max`` (Gershgorin 1.41-1.46). The cost is ``iterations`` products of ``|B|`` with
+    one vector (6-33 ms on 15k-100k vertices).
+
+    Parameters
+    ----------
+    L : (V, V) sparse matrix
+        Hermitian (real or complex).
+    mass : (V,) ndarray
+        Positive lumped masses.
+    iterations : int
+        Power iterations (0: the Gershgorin bound alone).
+
+    Returns
+    -------
+    float
+    """
+    A, mass = _check_pencil(L, mass)
+    iterations = validate_int(iterations, "iterations", minimum=0)
+    if not mass.size:
+        return 0.0
+    s = 1.0 / np.sqrt(mass)
+    Ab = sp.csr_matrix(sp.diags(s) @ A @ sp.diags(s))   # |B| = M^-1/2 |L| M^-1/2
+    best = gershgorin_bound(L, mass)
+    y = Ab @ np.ones(len(mass))
+    for _ in range(iterations):
+        top = float(np.max(y))
+        if not top > 0:
+            return 0.0   # |B| = 0: L is zero
+        # any positive d gives a bound; the floor keeps d positive where |B| d vanishes
+        # (isolated vertices) or decays (components other than the dominant one)
+        d = np.maximum(y / top, 1e-8)
+        y = Ab @ d
+        best = min(best, float(np.max(y / d)))
+    return best * (1.0 + BOUND_MARGIN)
 
 
 def chebyshev_coefficients(w: np.ndarray, degree: int) -> tuple[np.ndarray, np.ndarray]:

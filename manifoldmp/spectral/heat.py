@@ -56,8 +56,8 @@ from manifoldmp.spectral.chebyshev import (
     ChebyshevInfo,
     _fused_fits,
     chebyshev_degree,
-    gershgorin_bound,
     heat_chebyshev,
+    spectrum_bound,
     stacked_real,
 )
 from manifoldmp.spectral.eigen import (
@@ -201,15 +201,17 @@ class HeatKernel:
         return self.casimir * self.n * self.n
 
     def spectral_bound(self) -> float:
-        """Upper bound on the spectrum of ``M^-1 L_n`` (without the Casimir shift).
+        """Rigorous upper bound on the spectrum of ``M^-1 L_n`` (without the Casimir shift).
 
-        The smaller of two Gershgorin bounds, both rigorous: the rows of ``M^-1 L``
-        (``max_i sum_j |L_ij| / m_i``) and of the symmetric ``M^-1/2 L M^-1/2``
-        (``max_i sum_j |L_ij| / sqrt(m_i m_j)``). On the shared meshes the second is within
-        1.1-1.4x of ``lambda_max`` where the first is 1.2-2x.
+        :func:`~manifoldmp.spectral.chebyshev.spectrum_bound`: Collatz-Wielandt bounds of
+        ``|M^-1/2 L M^-1/2|`` by power iteration, starting from the smaller of two Gershgorin
+        bounds. On the shared meshes it is within 0.02-1.7 % of ``lambda_max``, where the
+        Gershgorin bounds are 18-37 % above it (on very regular meshes less is gained: 16-29 %
+        above on icospheres, against 41-46 %); the Chebyshev degree and the implicit steps'
+        stated error bound shrink accordingly.
         """
         if self._bound is None:
-            self._bound = gershgorin_bound(self.laplacian, self.mass)
+            self._bound = spectrum_bound(self.laplacian, self.mass)
         return self._bound
 
     def eigenpairs(self, *, as_torch: bool = False) -> tuple[Any, Any]:

@@ -10,7 +10,7 @@ import scipy.sparse as sp
 import torch
 
 import manifoldmp as mmp
-from manifoldmp.errors import ManifoldmpError
+from manifoldmp.errors import ManifoldmpError, ParameterError
 from manifoldmp.spectral.chebyshev import (
     ChebyshevNotConverged,
     chebyshev_coefficients,
@@ -19,6 +19,7 @@ from manifoldmp.spectral.chebyshev import (
     gershgorin_bound,
     heat_chebyshev,
     shifted_step,
+    spectrum_bound,
 )
 
 pytestmark = pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta")
@@ -123,7 +124,7 @@ def test_degree_grows_when_the_output_is_small(jittered: mmp.Surface) -> None:
     assert np.linalg.norm(y - ref) <= 1e-8 * np.linalg.norm(ref) * 10  # Euclidean vs M-norm
 
 
-def test_spectrum_bound_is_rigorous_and_the_tighter_gershgorin() -> None:
+def test_gershgorin_bound_is_rigorous_and_the_tighter_of_two() -> None:
     for S in (mmp.meshes.jittered_sphere(2, amount=0.4),
               mmp.PointCloud(mmp.meshes.random_sphere(300).vertices, n_neighbors=10)):
         for n in (0, 1):
@@ -132,7 +133,56 @@ def test_spectrum_bound_is_rigorous_and_the_tighter_gershgorin() -> None:
             b = gershgorin_bound(L, m)
             assert np.linalg.eigvalsh(B)[-1] <= b * (1 + 1e-12)
             rows = np.max(np.asarray(abs(L).sum(axis=1)).ravel() / m)
-            assert b <= rows and b == mmp.HeatKernel(S, n).spectral_bound()
+            sym = np.max(np.abs(B).sum(axis=1))
+            assert b == pytest.approx(min(rows, sym), rel=1e-13)
+
+
+@pytest.mark.parametrize("domain", ["jittered", "cloud", "disk", "grid", "genus2"])
+def test_spectrum_bound_is_rigorous_and_within_five_percent(domain: str) -> None:
+    # dense eigvalsh as the oracle; the jittered sphere has negative cotan weights (an
+    # indefinite L_0 would be bounded just the same), disk and grid have boundaries
+    S = {"jittered": lambda: mmp.meshes.jittered_sphere(2, amount=0.4),
+         "cloud": lambda: mmp.PointCloud(mmp.meshes.random_sphere(300).vertices, n_neighbors=10),
+         "disk": lambda: mmp.meshes.disk(8),
+         "grid": lambda: mmp.meshes.flat_grid(10, 7),
+         "genus2": lambda: mmp.meshes.genus2(10)}[domain]()
+    for n in (0, 1, 2):
+        B, m = _dense_B(S, n)
+        lam = np.linalg.eigvalsh(B)[-1]
+        L = mmp.connection_laplacian(S, n)
+        g, b = gershgorin_bound(L, m), spectrum_bound(L, m)
+        assert lam <= b <= g * (1 + 1e-12)
+        assert b <= 1.05 * lam < 0.95 * g          # Gershgorin: 13-26 % above lambda_max here
+        assert b == mmp.HeatKernel(S, n).spectral_bound()
+        assert spectrum_bound(L, m, iterations=0) == pytest.approx(g, rel=2e-12)
+
+
+def test_spectrum_bound_on_matrices_that_are_not_meshes() -> None:
+    rng = np.random.default_rng(3)
+    V = 60
+    # an indefinite complex Hermitian matrix with random masses
+    A = sp.random(V, V, density=0.1, random_state=4) * (1 + 1j)
+    A = (A + A.conj().T + sp.diags(rng.standard_normal(V))).tocsr()
+    m = rng.uniform(0.1, 2.0, V)
+    lam = np.linalg.eigvalsh(A.toarray() / np.sqrt(np.outer(m, m)))[-1]
+    assert lam <= spectrum_bound(A, m) <= gershgorin_bound(A, m) * (1 + 1e-12)
+    # an isolated vertex (a zero row) changes nothing; on this very regular mesh rho(|B|)
+    # itself is 1.2 lambda_max (Gershgorin: 1.45)
+    S = mmp.meshes.icosphere(2)
+    L1 = mmp.connection_laplacian(S, 1)
+    L = sp.block_diag([L1, sp.csr_matrix((1, 1))]).tocsr()
+    m = np.append(S.vertex_areas, 0.3)
+    lam = np.linalg.eigvalsh(L.toarray() / np.sqrt(np.outer(m, m)))[-1]
+    b = spectrum_bound(L, m)
+    assert b == spectrum_bound(L1, S.vertex_areas)
+    assert lam <= b <= 1.25 * lam < gershgorin_bound(L, m)
+    assert spectrum_bound(sp.csr_matrix((3, 3)), np.ones(3)) == 0.0
+    with pytest.raises(ParameterError, match="iterations"):
+        spectrum_bound(L, m, iterations=-1)
+    bad = L.copy()
+    bad.data[0] = np.nan
+    with pytest.raises(ParameterError, match="non-finite"):
+        spectrum_bound(bad, m)
 
 
 def test_max_degree_and_errors(jittered: mmp.Surface) -> None:
