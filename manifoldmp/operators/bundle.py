@@ -466,7 +466,7 @@ def precompute(domain: Any, *, max_type: int = 2, k_eig: int = 128, eig_tol: flo
     -------
     OperatorBundle
     """
-    from manifoldmp.spectral.eigen import generalized_eigsh
+    from manifoldmp.spectral.eigen import DENSE_LIMIT, fill_reducing_ordering, generalized_eigsh
 
     _check_domain(domain)
     max_type = validate_int(max_type, "max_type", minimum=0)
@@ -483,8 +483,10 @@ def precompute(domain: Any, *, max_type: int = 2, k_eig: int = 128, eig_tol: flo
         k = min(k_eig, V)
         extra = min(8, V - k)
         show = V > 20000 if progress is None else progress
+        # the types share L's pattern: one fill-reducing ordering for all their factorizations
+        perm = fill_reducing_ordering(laps[0]) if max_type and V > DENSE_LIMIT else None
         for n in tqdm(range(max_type + 1), desc="eigenpairs", disable=not show):
-            res = generalized_eigsh(laps[n], m, k + extra, tol=eig_tol)
+            res = generalized_eigsh(laps[n], m, k + extra, tol=eig_tol, perm=perm)
             kk = _trim_cluster(res.eigenvalues, k)
             if kk < k:
                 log.info("type %d: kept %d eigenpairs instead of %d (degenerate cluster at the "

@@ -97,6 +97,23 @@ def test_factorize_shifted_reuses_an_ordering_and_rejects_a_bad_one(sphere4: mmp
             factorize_shifted(L, m, 0.01, perm=bad)
 
 
+def test_an_ordering_shared_between_types_gives_the_same_pairs(sphere4: mmp.Surface) -> None:
+    from manifoldmp.spectral.eigen import fill_reducing_ordering
+
+    m = sphere4.vertex_areas
+    perm = fill_reducing_ordering(mmp.connection_laplacian(sphere4, 0))   # type 0's pattern
+    for n in (1, 2):
+        L = mmp.connection_laplacian(sphere4, n)
+        np.testing.assert_array_equal(perm, fill_reducing_ordering(L))   # the same pattern
+        a = generalized_eigsh(L, m, 12, perm=perm)
+        b = generalized_eigsh(L, m, 12)
+        np.testing.assert_array_equal(a.eigenvalues, b.eigenvalues)
+        np.testing.assert_array_equal(a.eigenvectors, b.eigenvectors)
+    for bad in (perm[:-1], np.zeros_like(perm), perm.astype(float)):
+        with pytest.raises(ParameterError, match="perm must be a permutation"):
+            generalized_eigsh(L, m, 12, perm=bad)
+
+
 def test_deterministic(sphere4: mmp.Surface) -> None:
     L = mmp.connection_laplacian(sphere4, 2)
     a = generalized_eigsh(L, sphere4.vertex_areas, 12, seed=3)
