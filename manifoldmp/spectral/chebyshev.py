@@ -148,7 +148,11 @@ def gershgorin_bound(L: sp.spmatrix, mass: np.ndarray) -> float:
     mass : (V,) ndarray
         Positive lumped masses.
     """
-    A, mass = _check_pencil(L, mass)
+    return _gershgorin(*_check_pencil(L, mass))
+
+
+def _gershgorin(A: sp.csr_matrix, mass: np.ndarray) -> float:
+    """:func:`gershgorin_bound` of checked ``|L|`` and masses."""
     rows = np.asarray(A.sum(axis=1)).ravel() / mass
     s = 1.0 / np.sqrt(mass)
     sym = np.asarray(A @ s).ravel() * s
@@ -203,7 +207,7 @@ def spectrum_bound(L: sp.spmatrix, mass: np.ndarray, *,
         return 0.0
     s = 1.0 / np.sqrt(mass)
     Ab = sp.csr_matrix(sp.diags(s) @ A @ sp.diags(s))   # |B| = M^-1/2 |L| M^-1/2
-    best = gershgorin_bound(L, mass)
+    best = _gershgorin(A, mass)
     y = Ab @ np.ones(len(mass))
     for _ in range(iterations):
         top = float(np.max(y))

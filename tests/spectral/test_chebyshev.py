@@ -179,6 +179,11 @@ def test_spectrum_bound_on_matrices_that_are_not_meshes() -> None:
     assert spectrum_bound(sp.csr_matrix((3, 3)), np.ones(3)) == 0.0
     with pytest.raises(ParameterError, match="iterations"):
         spectrum_bound(L, m, iterations=-1)
+    for bad_m in (m[:-1], -m):
+        with pytest.raises(ParameterError, match="mass"):
+            spectrum_bound(L, bad_m)
+    with pytest.raises(ParameterError, match=r"scipy\.sparse"):
+        spectrum_bound(L.toarray(), m)
     bad = L.copy()
     bad.data[0] = np.nan
     with pytest.raises(ParameterError, match="non-finite"):
