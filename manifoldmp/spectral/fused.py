@@ -18,14 +18,18 @@ passes over 100 MB blocks). No library fuses these, so this module does, by hand
 * **Split complex rows.** A complex block is held as ``(V, 2C)`` real rows ``[Re | Im]``, so
   the complex product vectorizes as real arithmetic without the stacked ``(2V, 2V)`` operator
   (:func:`~manifoldmp.spectral.chebyshev.stacked_real`) and reads each complex neighbour once.
+* **Sums in registers.** The row product runs in tiles whose sums stay in SIMD registers
+  through all nonzeros of a row (:func:`_tile_intrinsic`, LLVM vector code through a numba
+  intrinsic: numba's own loops keep them in memory).
 * The input is gathered into this layout, in the new order and scaled by ``M^1/2``, in one
   pass, and the output is scattered back the same way.
 
-100k-vertex torus, 64 complex channels, 2 cores: 27 ms per two degrees against 2 x 23 ms for
-torch's product and accumulation (benchmarks/README.md). Results equal the unfused recurrence
-to rounding (the sums run in another order); the tests hold the two paths to each other.
+100k-vertex torus, 64 complex channels, 2 cores: 10-11 ms per two degrees and column block of
+32 channels (12-14 ms with the sums in memory), against 2 x 23 ms for torch's product and
+accumulation of all 64 (benchmarks/README.md). Results equal the unfused recurrence to
+rounding (the sums run in another order); the tests hold the two paths to each other.
 
-Numba compiles these kernels on first use (about 8 s per precision on 2 cores, logged;
+Numba compiles these kernels on first use (about 15 s per precision on 2 cores, logged;
 cached on disk afterwards, then loading takes a fraction of a second). Without
 numba (:func:`fused_available` is False) the torch path runs instead.
 """
@@ -66,7 +70,11 @@ MIN_CHUNK_ROWS = 256
 
 try:  # pragma: no cover - exercised wherever numba is installed (a dependency)
     import numba
+    from llvmlite import ir
     from numba import njit, prange
+    from numba.core import cgutils, types
+    from numba.core.errors import TypingError
+    from numba.extending import intrinsic
 except ImportError:  # pragma: no cover - numba is a dependency; this keeps the torch path
     numba = None
 
@@ -119,28 +127,164 @@ def _jit(**options: Any) -> Any:
     return wrap
 
 
+#: Bytes of the widest SIMD register the row product's tiles use (:func:`_tile_intrinsic`):
+#: 64, an AVX-512 register; LLVM splits each into two on AVX2 and four on 128-bit machines.
+VECTOR_BYTES = 64
+
+
+def _tile_intrinsic(nvec: int, vbytes: int, cplx: bool) -> Any:
+    """A numba intrinsic: one tile of the row product with its sums held in SIMD registers.
+
+    ``tile(X, row, indices, dre, dim, half, q0, p0, p1)`` adds
+    ``sum_{p0 <= p < p1} S_p X[indices[p]]`` into ``row`` on ``nvec`` vectors of
+    ``lanes = vbytes / itemsize`` columns from ``q0``. Complex (``cplx``): ``S_p = dre[p] +
+    i dim[p]`` on split rows, real parts at ``q0``, imaginary parts at ``half + q0``. Real:
+    ``S_p = dre[p]`` (``dim`` and ``half`` unused). Where ``lanes`` would be below one (a
+    4-byte register for float64) the tile does nothing; :func:`_row_product` never calls it.
+
+    Why by hand: numba compiles the plain loops with the sums in ``row``, in memory, since
+    LLVM cannot tell that ``row`` and ``X`` do not overlap: every nonzero then loads and
+    stores the whole row again, and those loads and stores bound the product. Here the sums
+    live in vector registers (stack slots, which LLVM promotes) through all nonzeros of the
+    row, and each nonzero costs the loads of its row of ``X`` and fused multiply-adds
+    (``llvm.fmuladd``: fused where the machine has FMA, a multiply and an add elsewhere).
+    Measured in benchmarks/README.md. ``X`` and ``row`` must be C-contiguous (the
+    recurrence's blocks are); anything else is refused when the kernel is compiled.
+    """
+    @intrinsic
+    def tile(typingctx, X, row, indices, dre, dim, half, q0, p0, p1):  # pragma: no cover
+        if not (isinstance(X, types.Array) and X.ndim == 2 and X.layout == "C"
+                and isinstance(row, types.Array) and row.ndim == 1 and row.layout == "C"
+                and X.dtype in (types.float32, types.float64) and row.dtype == X.dtype
+                and dre.dtype == X.dtype and dim.dtype == X.dtype
+                and indices.dtype in (types.int32, types.int64)):
+            raise TypingError(f"row-product tile: unsupported arguments {X}, {row}, {indices}, "
+                              f"{dre}, {dim} (C-contiguous float32/float64 blocks expected)")
+        sig = types.void(X, row, indices, dre, dim, half, q0, p0, p1)
+
+        def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
+            lanes = vbytes // (X.dtype.bitwidth // 8)
+            if lanes < 1:
+                return context.get_dummy_value()
+            tys = sig.args
+            vty = ir.VectorType(context.get_value_type(X.dtype), lanes)
+            i64 = ir.IntType(64)
+            arrays = [context.make_array(ty)(context, builder, v)
+                      for ty, v in zip(tys[:5], args[:5], strict=True)]
+            Xd, rowd, ind, dred, dimd = (arr.data for arr in arrays)
+            ldx = context.cast(builder, cgutils.unpack_tuple(builder, arrays[0].shape, 2)[1],
+                               types.intp, types.int64)   # C order: the row stride
+            half_, q0_, p0_, p1_ = (context.cast(builder, v, ty, types.int64)
+                                    for v, ty in zip(args[5:], tys[5:], strict=True))
+            name = f"llvm.fmuladd.v{lanes}{'f32' if X.dtype == types.float32 else 'f64'}"
+            fmuladd = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(vty, [vty, vty, vty]), name)
+            align = X.dtype.bitwidth // 8
+
+            def vec_at(base: Any, off: Any) -> Any:
+                return builder.bitcast(builder.gep(base, [off]), vty.as_pointer())
+
+            def splat(x: Any) -> Any:
+                v = builder.insert_element(ir.Constant(vty, ir.Undefined), x,
+                                           ir.Constant(ir.IntType(32), 0))
+                return builder.shuffle_vector(
+                    v, ir.Constant(vty, ir.Undefined),
+                    ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes))
+
+            offs = [builder.add(q0_, ir.Constant(i64, v * lanes)) for v in range(nvec)]
+            if cplx:
+                offs += [builder.add(builder.add(half_, q0_), ir.Constant(i64, v * lanes))
+                         for v in range(nvec)]
+            sums = [cgutils.alloca_once(builder, vty) for _ in offs]
+            for acc, off in zip(sums, offs, strict=True):
+                builder.store(builder.load(vec_at(rowd, off), align=align), acc)
+            with cgutils.for_range_slice(builder, p0_, p1_, ir.Constant(i64, 1),
+                                         inc=True) as (p, _):
+                j = builder.load(builder.gep(ind, [p]))
+                if j.type.width < 64:
+                    j = builder.sext(j, i64)
+                base = builder.mul(j, ldx)
+                xs = [builder.load(vec_at(Xd, builder.add(base, off)), align=align)
+                      for off in offs]
+                a = splat(builder.load(builder.gep(dred, [p])))
+                for acc, x in zip(sums, xs, strict=True):
+                    builder.store(builder.call(fmuladd, [a, x, builder.load(acc)]), acc)
+                if cplx:
+                    b = splat(builder.load(builder.gep(dimd, [p])))
+                    nb = builder.fneg(b)
+                    for v in range(nvec):   # re -= b xi, im += b xr
+                        re, im = sums[v], sums[nvec + v]
+                        builder.store(builder.call(fmuladd, [nb, xs[nvec + v],
+                                                             builder.load(re)]), re)
+                        builder.store(builder.call(fmuladd, [b, xs[v], builder.load(im)]),
+                                      im)
+            for acc, off in zip(sums, offs, strict=True):
+                builder.store(builder.load(acc), vec_at(rowd, off), align=align)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return tile
+
+
 if numba is not None:
+    # complex tiles: 4 vectors of each part (8 registers of sums), then single vectors of
+    # 64, 32, 16, 8 and 4 bytes for the columns left over; real: 8 vectors, then the same
+    _cx4 = _tile_intrinsic(4, 64, True)
+    _cx64, _cx32, _cx16, _cx8, _cx4b = (_tile_intrinsic(1, w, True) for w in (64, 32, 16, 8, 4))
+    _re8 = _tile_intrinsic(8, 64, False)
+    _re64, _re32, _re16, _re8b, _re4 = (_tile_intrinsic(1, w, False) for w in (64, 32, 16, 8, 4))
+
     @_jit(inline="always")
     def _row_product(i, indptr, indices, dre, dim, X, row, cplx):  # pragma: no cover - jit
-        """``row += (S X)[i]``; complex ``S`` acts on split rows ``[Re | Im]``."""
+        """``row += (S X)[i]``; complex ``S`` acts on split rows ``[Re | Im]``.
+
+        In tiles whose sums stay in registers (:func:`_tile_intrinsic`): as many wide ones as
+        fit, then one vector at a time, then narrower vectors for the columns left over.
+        """
         W = X.shape[1]
+        size = X.itemsize
+        lanes = VECTOR_BYTES // size
+        p0 = indptr[i]
+        p1 = indptr[i + 1]
+        q = 0
         if cplx:
             C = W // 2
-            for p in range(indptr[i], indptr[i + 1]):
-                a = dre[p]
-                b = dim[p]
-                j = indices[p]
-                for q in range(C):
-                    xr = X[j, q]
-                    xi = X[j, C + q]
-                    row[q] += a * xr - b * xi
-                    row[C + q] += a * xi + b * xr
+            while C - q >= 4 * lanes:
+                _cx4(X, row, indices, dre, dim, C, q, p0, p1)
+                q += 4 * lanes
+            while C - q >= lanes:
+                _cx64(X, row, indices, dre, dim, C, q, p0, p1)
+                q += lanes
+            if C - q >= 32 // size:
+                _cx32(X, row, indices, dre, dim, C, q, p0, p1)
+                q += 32 // size
+            if C - q >= 16 // size:
+                _cx16(X, row, indices, dre, dim, C, q, p0, p1)
+                q += 16 // size
+            if C - q >= 8 // size:
+                _cx8(X, row, indices, dre, dim, C, q, p0, p1)
+                q += 8 // size
+            if size == 4 and C - q >= 1:
+                _cx4b(X, row, indices, dre, dim, C, q, p0, p1)
         else:
-            for p in range(indptr[i], indptr[i + 1]):
-                a = dre[p]
-                j = indices[p]
-                for q in range(W):
-                    row[q] += a * X[j, q]
+            while W - q >= 8 * lanes:
+                _re8(X, row, indices, dre, dim, 0, q, p0, p1)
+                q += 8 * lanes
+            while W - q >= lanes:
+                _re64(X, row, indices, dre, dim, 0, q, p0, p1)
+                q += lanes
+            if W - q >= 32 // size:
+                _re32(X, row, indices, dre, dim, 0, q, p0, p1)
+                q += 32 // size
+            if W - q >= 16 // size:
+                _re16(X, row, indices, dre, dim, 0, q, p0, p1)
+                q += 16 // size
+            if W - q >= 8 // size:
+                _re8b(X, row, indices, dre, dim, 0, q, p0, p1)
+                q += 8 // size
+            if size == 4 and W - q >= 1:
+                _re4(X, row, indices, dre, dim, 0, q, p0, p1)
 
     @_jit(inline="always")
     def _step_row(i, indptr, indices, dre, dim, X, Y, acc, c1, c2, cplx, row, mode, gen, gu,
@@ -484,7 +628,7 @@ class FusedRecurrence:
         if op.dtype.name not in _LOADED:
             _LOADED.add(op.dtype.name)
             log.info("fused %s kernels: first use in this process; numba compiles them once "
-                     "(about 8 s) or loads them from its disk cache", op.dtype.name)
+                     "(about 15 s) or loads them from its disk cache", op.dtype.name)
         self.op = op
         self.x = x
         self.split = np.iscomplexobj(x)

@@ -76,6 +76,33 @@ def test_recurrence_matches_the_plain_one(case: str, dtype: type) -> None:
                                rtol=rtol)
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("case", ["real", "complex"])
+def test_row_product_tiles_on_every_width(case: str, dtype: type) -> None:
+    # every width of a column block, so that every tile of the row product runs (wide tiles,
+    # single vectors of 64 to 4 bytes, and their mixtures), against the plain recurrence
+    S = _scrambled_operator(1 if case == "complex" else 0, seed=2)
+    V = S.shape[0]
+    rng = np.random.default_rng(3)
+    per_block = 512 // np.dtype(dtype).itemsize // (2 if case == "complex" else 1)
+    cdt = np.dtype(dtype) if case == "real" else np.result_type(dtype, np.complex64)
+    s = rng.uniform(0.5, 2.0, V)
+    rtol = 1e-13 if dtype == np.float64 else 2e-5
+    op = FusedOperator.from_scipy(S, dtype)
+    for C in range(1, per_block + 3):
+        x = rng.standard_normal((V, C))
+        if case == "complex":
+            x = x + 1j * rng.standard_normal((V, C))
+        coef = rng.standard_normal((4, C))
+        R = FusedRecurrence(op, x.astype(cdt), s)
+        R.advance(3, coef)
+        out = R.result(np.zeros(C))
+        ref = _reference(S, x.astype(cdt).astype(np.complex128 if case == "complex"
+                                                  else np.float64), s, coef, 3, np.zeros(C))
+        err = np.abs(out - ref).max() / np.abs(ref).max()
+        assert err < rtol, (C, err)
+
+
 def test_reordering_is_a_bandwidth_reducing_permutation() -> None:
     S = _scrambled_operator(1, seed=4)
     op = FusedOperator.from_scipy(S)
