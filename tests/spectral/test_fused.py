@@ -431,3 +431,62 @@ def test_fused_lanczos_refuses_bad_input_and_reports_no_convergence() -> None:
     b = 4.0   # S = (4 / b) B - 2 I with b = 4: B = S + 2 I
     with pytest.raises(KrylovNotConverged, match="2 steps"):
         lanczos_expm_fused(op, b, x, s, t * 50, tol=1e-12, max_steps=2)
+
+
+def test_workspace_blocks_are_reused_unread_and_never_shared(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Blocks kept between flows: a flow on blocks full of NaN (as left by anything) equals
+    the plain recurrence, so no kernel reads a block before writing it; two live recurrences
+    never share a block; a closed recurrence refuses to go on; the budget and the release."""
+    from manifoldmp.spectral import fused
+    from manifoldmp.spectral.fused import FusedLanczos, release_workspace
+    from manifoldmp.spectral.krylov import lanczos_expm_fused
+
+    S = _scrambled_operator(1, seed=8)
+    V = S.shape[0]
+    rng = np.random.default_rng(9)
+    C = 40                                   # two column blocks: 32 + 8 complex
+    x = rng.standard_normal((V, C)) + 1j * rng.standard_normal((V, C))
+    s = rng.uniform(0.5, 2.0, V)
+    coef = rng.standard_normal((6, C))
+    tail = rng.standard_normal(C)
+    op = FusedOperator.from_scipy(S)
+    ref = _reference(S, x, s, coef, 5, tail)
+    release_workspace()
+    poison = [np.full((V, 2 * w), np.nan) for w in (32, 8) for _ in range(4)]
+    fused._WORKSPACE.give(poison)
+    assert fused._WORKSPACE.nbytes() == sum(a.nbytes for a in poison)
+    R = FusedRecurrence(op, x, s)
+    R2 = FusedRecurrence(op, x, s)           # both live: disjoint blocks
+    ids = {id(a) for a in R._blocks_held() if a is not None}
+    assert ids and ids.isdisjoint({id(a) for a in R2._blocks_held() if a is not None})
+    assert ids & {id(a) for a in poison}    # blocks were taken from the workspace
+    for d in (2, 5):
+        R.advance(d, coef)
+    out = R.result(tail)
+    assert np.abs(out - ref).max() < 1e-13 * np.abs(ref).max()
+    assert not np.shares_memory(out, poison[0]) and not np.any(np.isnan(out))
+    for call in (lambda: R.advance(7, coef), lambda: R.result(tail), R.input_norms):
+        with pytest.raises(ParameterError, match="returned its result"):
+            call()
+    R2.advance(5, coef)   # one call: another pass order than R's, the same sum to rounding
+    assert np.abs(R2.result(tail) - ref).max() < 1e-13 * np.abs(ref).max()
+    # Lanczos on poisoned blocks equals Lanczos on fresh ones
+    fused._WORKSPACE.give([np.full((V, 2 * w), np.nan) for w in (32, 8) for _ in range(6)])
+    y1, _ = lanczos_expm_fused(op, 4.0, x, s, np.full(C, 0.3), tol=1e-10)
+    release_workspace()
+    y2, _ = lanczos_expm_fused(op, 4.0, x, s, np.full(C, 0.3), tol=1e-10)
+    assert not np.any(np.isnan(y1)) and np.abs(y1 - y2).max() <= 1e-13 * np.abs(y2).max()
+    assert isinstance(FusedLanczos(op, x, s), FusedLanczos)
+    # the budget: newest blocks first, nothing beyond it; the release frees all
+    assert release_workspace() > 0 and fused._WORKSPACE.nbytes() == 0
+    one = np.empty((V, 64)).nbytes
+    monkeypatch.setattr(fused, "WORKSPACE_BYTES", 2 * one)
+    a, b, c = (np.empty((V, 64)) for _ in range(3))
+    fused._WORKSPACE.give([a, b, c])
+    assert fused._WORKSPACE.nbytes() == 2 * one
+    assert fused._WORKSPACE.take((V, 64), np.float64) is c
+    assert fused._WORKSPACE.take((V, 64), np.float64) is b
+    fresh = fused._WORKSPACE.take((V, 64), np.float64)
+    assert fresh is not a and np.all(fresh == 0)
+    assert release_workspace() == 0
