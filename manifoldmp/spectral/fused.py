@@ -133,6 +133,68 @@ def _jit(**options: Any) -> Any:
 VECTOR_BYTES = 64
 
 
+def _check_tile_types(X: Any, row: Any, indices: Any, dre: Any, dim: Any) -> None:
+    """Refuse, at compile time, what the tiles cannot address (they read raw memory)."""
+    if not (isinstance(X, types.Array) and X.ndim == 2 and X.layout == "C"
+            and isinstance(row, types.Array) and row.ndim == 1 and row.layout == "C"
+            and X.dtype in (types.float32, types.float64) and row.dtype == X.dtype
+            and dre.dtype == X.dtype and dim.dtype == X.dtype
+            and indices.dtype in (types.int32, types.int64)):
+        raise TypingError(f"row-product tile: unsupported arguments {X}, {row}, {indices}, "
+                          f"{dre}, {dim} (C-contiguous float32/float64 blocks expected)")
+
+
+class _TileCode:
+    """LLVM helpers of one tile: vector type, addressing, splat and ``fmuladd``."""
+
+    def __init__(self, context: Any, builder: Any, dtype: Any, lanes: int) -> None:
+        self.b = builder
+        self.fty = context.get_value_type(dtype)
+        self.vty = ir.VectorType(self.fty, lanes)
+        self.lanes = lanes
+        self.align = dtype.bitwidth // 8
+        name = f"llvm.fmuladd.v{lanes}{'f32' if dtype == types.float32 else 'f64'}"
+        self.fmuladd = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(self.vty, [self.vty] * 3), name)
+
+    def ptr(self, base: Any, off: Any) -> Any:
+        return self.b.bitcast(self.b.gep(base, [off]), self.vty.as_pointer())
+
+    def load(self, base: Any, off: Any) -> Any:
+        return self.b.load(self.ptr(base, off), align=self.align)
+
+    def store(self, value: Any, base: Any, off: Any) -> None:
+        self.b.store(value, self.ptr(base, off), align=self.align)
+
+    def splat(self, x: Any) -> Any:
+        i32 = ir.IntType(32)
+        v = self.b.insert_element(ir.Constant(self.vty, ir.Undefined), x, ir.Constant(i32, 0))
+        return self.b.shuffle_vector(v, ir.Constant(self.vty, ir.Undefined),
+                                     ir.Constant(ir.VectorType(i32, self.lanes),
+                                                 [0] * self.lanes))
+
+    def fma(self, a: Any, x: Any, slot: Any) -> None:
+        """``slot += a x`` (a stack slot of the vector type)."""
+        self.b.store(self.b.call(self.fmuladd, [a, x, self.b.load(slot)]), slot)
+
+
+def _operands(context: Any, builder: Any, sig: Any, args: Any) -> tuple:
+    """Data pointers of the five arrays, ``X``'s row stride, the integer arguments as i64."""
+    tys = sig.args
+    arrays = [context.make_array(ty)(context, builder, v)
+              for ty, v in zip(tys[:5], args[:5], strict=True)]
+    ldx = context.cast(builder, cgutils.unpack_tuple(builder, arrays[0].shape, 2)[1],
+                       types.intp, types.int64)   # C order: the row stride
+    ints = [context.cast(builder, v, ty, types.int64)
+            for v, ty in zip(args[5:], tys[5:], strict=True)]
+    return (*(arr.data for arr in arrays), ldx, *ints)
+
+
+def _column_index(builder: Any, ind: Any, p: Any) -> Any:
+    j = builder.load(builder.gep(ind, [p]))
+    return builder.sext(j, ir.IntType(64)) if j.type.width < 64 else j
+
+
 def _tile_intrinsic(nvec: int, vbytes: int, cplx: bool) -> Any:
     """A numba intrinsic: one tile of the row product with its sums held in SIMD registers.
 
@@ -154,73 +216,116 @@ def _tile_intrinsic(nvec: int, vbytes: int, cplx: bool) -> Any:
     """
     @intrinsic
     def tile(typingctx, X, row, indices, dre, dim, half, q0, p0, p1):  # pragma: no cover
-        if not (isinstance(X, types.Array) and X.ndim == 2 and X.layout == "C"
-                and isinstance(row, types.Array) and row.ndim == 1 and row.layout == "C"
-                and X.dtype in (types.float32, types.float64) and row.dtype == X.dtype
-                and dre.dtype == X.dtype and dim.dtype == X.dtype
-                and indices.dtype in (types.int32, types.int64)):
-            raise TypingError(f"row-product tile: unsupported arguments {X}, {row}, {indices}, "
-                              f"{dre}, {dim} (C-contiguous float32/float64 blocks expected)")
+        _check_tile_types(X, row, indices, dre, dim)
         sig = types.void(X, row, indices, dre, dim, half, q0, p0, p1)
 
         def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
             lanes = vbytes // (X.dtype.bitwidth // 8)
             if lanes < 1:
                 return context.get_dummy_value()
-            tys = sig.args
-            vty = ir.VectorType(context.get_value_type(X.dtype), lanes)
+            Xd, rowd, ind, dred, dimd, ldx, half_, q0_, p0_, p1_ = _operands(
+                context, builder, sig, args)
+            tc = _TileCode(context, builder, X.dtype, lanes)
             i64 = ir.IntType(64)
-            arrays = [context.make_array(ty)(context, builder, v)
-                      for ty, v in zip(tys[:5], args[:5], strict=True)]
-            Xd, rowd, ind, dred, dimd = (arr.data for arr in arrays)
-            ldx = context.cast(builder, cgutils.unpack_tuple(builder, arrays[0].shape, 2)[1],
-                               types.intp, types.int64)   # C order: the row stride
-            half_, q0_, p0_, p1_ = (context.cast(builder, v, ty, types.int64)
-                                    for v, ty in zip(args[5:], tys[5:], strict=True))
-            name = f"llvm.fmuladd.v{lanes}{'f32' if X.dtype == types.float32 else 'f64'}"
-            fmuladd = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(vty, [vty, vty, vty]), name)
-            align = X.dtype.bitwidth // 8
-
-            def vec_at(base: Any, off: Any) -> Any:
-                return builder.bitcast(builder.gep(base, [off]), vty.as_pointer())
-
-            def splat(x: Any) -> Any:
-                v = builder.insert_element(ir.Constant(vty, ir.Undefined), x,
-                                           ir.Constant(ir.IntType(32), 0))
-                return builder.shuffle_vector(
-                    v, ir.Constant(vty, ir.Undefined),
-                    ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes))
-
             offs = [builder.add(q0_, ir.Constant(i64, v * lanes)) for v in range(nvec)]
             if cplx:
                 offs += [builder.add(builder.add(half_, q0_), ir.Constant(i64, v * lanes))
                          for v in range(nvec)]
-            sums = [cgutils.alloca_once(builder, vty) for _ in offs]
-            for acc, off in zip(sums, offs, strict=True):
-                builder.store(builder.load(vec_at(rowd, off), align=align), acc)
+            sums = [cgutils.alloca_once_value(builder, tc.load(rowd, off)) for off in offs]
             with cgutils.for_range_slice(builder, p0_, p1_, ir.Constant(i64, 1),
                                          inc=True) as (p, _):
-                j = builder.load(builder.gep(ind, [p]))
-                if j.type.width < 64:
-                    j = builder.sext(j, i64)
-                base = builder.mul(j, ldx)
-                xs = [builder.load(vec_at(Xd, builder.add(base, off)), align=align)
-                      for off in offs]
-                a = splat(builder.load(builder.gep(dred, [p])))
+                base = builder.mul(_column_index(builder, ind, p), ldx)
+                xs = [tc.load(Xd, builder.add(base, off)) for off in offs]
+                a = tc.splat(builder.load(builder.gep(dred, [p])))
                 for acc, x in zip(sums, xs, strict=True):
-                    builder.store(builder.call(fmuladd, [a, x, builder.load(acc)]), acc)
+                    tc.fma(a, x, acc)
                 if cplx:
-                    b = splat(builder.load(builder.gep(dimd, [p])))
+                    b = tc.splat(builder.load(builder.gep(dimd, [p])))
                     nb = builder.fneg(b)
                     for v in range(nvec):   # re -= b xi, im += b xr
-                        re, im = sums[v], sums[nvec + v]
-                        builder.store(builder.call(fmuladd, [nb, xs[nvec + v],
-                                                             builder.load(re)]), re)
-                        builder.store(builder.call(fmuladd, [b, xs[v], builder.load(im)]),
-                                      im)
+                        tc.fma(nb, xs[nvec + v], sums[v])
+                        tc.fma(b, xs[v], sums[nvec + v])
             for acc, off in zip(sums, offs, strict=True):
-                builder.store(builder.load(acc), vec_at(rowd, off), align=align)
+                tc.store(builder.load(acc), rowd, off)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return tile
+
+
+def _sum_tile_intrinsic(nvec: int, vbytes: int, cplx: bool) -> Any:
+    """A numba intrinsic: one tile of a row sum on interleaved complex (or real) rows.
+
+    ``tile(X, row, indices, dre, dim, off, q0, p0, p1)`` sets ``row`` on ``nvec`` vectors
+    of ``lanes = vbytes / itemsize`` entries from ``q0`` to
+    ``sum_{p0 <= p < p1} S_p X[off + indices[p]]``. Complex (``cplx``): ``S_p = dre[p] +
+    i dim[p]`` on rows of interleaved ``(re, im)`` pairs, the layout of a complex array's
+    real view, as two sums ``A = sum dre x`` and ``B = sum dim x`` finished as ``A + i B``
+    (one swap of each pair of ``B`` per row, not per nonzero); ``lanes`` must be even.
+    Real: ``S_p = dre[p]``. Tiles that cannot exist (fewer lanes than a complex number) do
+    nothing. The sums stay in registers as in :func:`_tile_intrinsic` (why: there).
+    """
+    @intrinsic
+    def tile(typingctx, X, row, indices, dre, dim, off, q0, p0, p1):  # pragma: no cover
+        _check_tile_types(X, row, indices, dre, dim)
+        sig = types.void(X, row, indices, dre, dim, off, q0, p0, p1)
+
+        def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
+            lanes = vbytes // (X.dtype.bitwidth // 8)
+            if lanes < (2 if cplx else 1):
+                return context.get_dummy_value()
+            Xd, rowd, ind, dred, dimd, ldx, off_, q0_, p0_, p1_ = _operands(
+                context, builder, sig, args)
+            tc = _TileCode(context, builder, X.dtype, lanes)
+            i64, i32 = ir.IntType(64), ir.IntType(32)
+            zero = ir.Constant(tc.vty, [ir.Constant(tc.fty, 0.0)] * lanes)
+            offs = [builder.add(q0_, ir.Constant(i64, v * lanes)) for v in range(nvec)]
+            # fewer than four chains of sums wait on the latency of the multiply-adds: then
+            # two sets of sums take the even and the odd nonzeros, added at the end
+            sets = 2 if nvec * (2 if cplx else 1) < 4 else 1
+            As = [[cgutils.alloca_once_value(builder, zero) for _ in offs] for _ in range(sets)]
+            Bs = [[cgutils.alloca_once_value(builder, zero) for _ in offs] if cplx else []
+                  for _ in range(sets)]
+
+            def nonzero(p: Any, k: int) -> None:
+                base = builder.mul(builder.add(_column_index(builder, ind, p), off_), ldx)
+                xs = [tc.load(Xd, builder.add(base, o)) for o in offs]
+                a = tc.splat(builder.load(builder.gep(dred, [p])))
+                for acc, x in zip(As[k], xs, strict=True):
+                    tc.fma(a, x, acc)
+                if cplx:
+                    b = tc.splat(builder.load(builder.gep(dimd, [p])))
+                    for acc, x in zip(Bs[k], xs, strict=True):
+                        tc.fma(b, x, acc)
+
+            count = builder.sub(p1_, p0_)
+            pairs_end = builder.add(p0_, builder.mul(builder.sdiv(count, ir.Constant(i64, sets)),
+                                                     ir.Constant(i64, sets)))
+            with cgutils.for_range_slice(builder, p0_, pairs_end, ir.Constant(i64, sets),
+                                         inc=True) as (p, _):
+                for k in range(sets):
+                    nonzero(builder.add(p, ir.Constant(i64, k)), k)
+            if sets == 2:
+                with builder.if_then(builder.icmp_signed("<", pairs_end, p1_)):
+                    nonzero(pairs_end, 0)
+                for k, acc in enumerate(As[0]):
+                    builder.store(builder.fadd(builder.load(acc), builder.load(As[1][k])), acc)
+                for k, acc in enumerate(Bs[0]):
+                    builder.store(builder.fadd(builder.load(acc), builder.load(Bs[1][k])), acc)
+            A, B = As[0], Bs[0]
+            if cplx:   # A + i B: i (u + i w) = -w + i u on each (re, im) pair
+                swap = ir.Constant(ir.VectorType(i32, lanes), [k ^ 1 for k in range(lanes)])
+                sign = ir.Constant(tc.vty, [ir.Constant(tc.fty, -1.0 if k % 2 == 0 else 1.0)
+                                            for k in range(lanes)])
+                for acc_a, acc_b, o in zip(A, B, offs, strict=True):
+                    turned = builder.shuffle_vector(builder.load(acc_b),
+                                                    ir.Constant(tc.vty, ir.Undefined), swap)
+                    tc.store(builder.call(tc.fmuladd, [turned, sign, builder.load(acc_a)]),
+                             rowd, o)
+            else:
+                for acc, o in zip(A, offs, strict=True):
+                    tc.store(builder.load(acc), rowd, o)
             return context.get_dummy_value()
 
         return sig, codegen
@@ -286,6 +391,58 @@ if numba is not None:
                 q += 8 // size
             if size == 4 and W - q >= 1:
                 _re4(X, row, indices, dre, dim, 0, q, p0, p1)
+
+    # row sums (level solves, :mod:`~manifoldmp.spectral.supernodal`): interleaved complex
+    # tiles of two vectors (4 registers of sums), real of four, then single vectors
+    _ic2 = _sum_tile_intrinsic(2, 64, True)
+    _ic64, _ic32, _ic16, _ic8 = (_sum_tile_intrinsic(1, w, True) for w in (64, 32, 16, 8))
+    _ir4 = _sum_tile_intrinsic(4, 64, False)
+    _ir64, _ir32, _ir16, _ir8, _ir4b = (_sum_tile_intrinsic(1, w, False)
+                                        for w in (64, 32, 16, 8, 4))
+
+    @_jit(inline="always")
+    def _row_sum(X, row, indices, dre, dim, off, p0, p1, cplx):  # pragma: no cover - jit
+        """``row = sum_{p0 <= p < p1} S_p X[off + indices[p]]``, all columns, in tiles.
+
+        Complex (``cplx``): ``S_p = dre[p] + i dim[p]`` on interleaved ``(re, im)`` rows.
+        """
+        W = X.shape[1]
+        size = X.itemsize
+        lanes = VECTOR_BYTES // size
+        q = 0
+        if cplx:
+            while W - q >= 2 * lanes:
+                _ic2(X, row, indices, dre, dim, off, q, p0, p1)
+                q += 2 * lanes
+            if W - q >= lanes:
+                _ic64(X, row, indices, dre, dim, off, q, p0, p1)
+                q += lanes
+            if W - q >= 32 // size:
+                _ic32(X, row, indices, dre, dim, off, q, p0, p1)
+                q += 32 // size
+            if W - q >= 16 // size:
+                _ic16(X, row, indices, dre, dim, off, q, p0, p1)
+                q += 16 // size
+            if size == 4 and W - q >= 2:
+                _ic8(X, row, indices, dre, dim, off, q, p0, p1)
+        else:
+            while W - q >= 4 * lanes:
+                _ir4(X, row, indices, dre, dim, off, q, p0, p1)
+                q += 4 * lanes
+            while W - q >= lanes:
+                _ir64(X, row, indices, dre, dim, off, q, p0, p1)
+                q += lanes
+            if W - q >= 32 // size:
+                _ir32(X, row, indices, dre, dim, off, q, p0, p1)
+                q += 32 // size
+            if W - q >= 16 // size:
+                _ir16(X, row, indices, dre, dim, off, q, p0, p1)
+                q += 16 // size
+            if W - q >= 8 // size:
+                _ir8(X, row, indices, dre, dim, off, q, p0, p1)
+                q += 8 // size
+            if size == 4 and W - q >= 1:
+                _ir4b(X, row, indices, dre, dim, off, q, p0, p1)
 
     @_jit(inline="always")
     def _step_row(i, indptr, indices, dre, dim, X, Y, acc, c1, c2, cplx, row, mode, gen, gu,

@@ -18,10 +18,18 @@ the unknowns level by level each level of ``L x = b`` is
 
 with ``B_l`` the level's rows of ``L`` outside the groups and ``D_l^-1`` the block-diagonal
 inverse of the groups' dense triangular diagonal blocks (computed once; a supernode's inverse
-block has the same pattern as the block). Both are sparse products on all columns at once
-(torch CSR, MKL on both cores, GIL released). The upper factor runs the same levels in
-reverse. A 100k-vertex torus has 57k groups on 29 levels: 1.6-2.2 ms per column at 8-64
-columns real (SuperLU: 7 at any width), 6-10 ms complex (SuperLU: 13).
+block has the same pattern as the block). Both are sparse products on all columns at once.
+The upper factor runs the same levels in reverse. A 100k-vertex torus has 57k groups on 29
+levels.
+
+The products run in one numba kernel per level (:func:`_level_kernel`) whose row sums stay
+in SIMD registers (:func:`~manifoldmp.spectral.fused._sum_tile_intrinsic`), complex ones on
+the interleaved real view of the block, with the rows of a level split among the threads by
+their work. 100k torus, 8 columns: 10 ms per solve real, 16-21 ms complex, against 12-13
+and 41-68 ms through torch's CSR products (MKL; complex matrices stacked as real ones),
+which remain the path where numba cannot run (a forked child, see
+:func:`~manifoldmp.spectral.fused.fused_available`). SuperLU: 7 ms per column real, 13
+complex.
 
 The level order is checked against every entry of both factors, so a factor whose pattern
 does not fit (partial pivoting, an unsymmetric pattern) is refused and the caller keeps
@@ -40,6 +48,7 @@ import scipy.sparse.linalg as sla
 import torch
 
 from manifoldmp.errors import ParameterError
+from manifoldmp.spectral import fused
 
 __all__ = ["LevelSolver"]
 
@@ -173,6 +182,87 @@ def _stacked(M: sp.csr_matrix, complex_: bool) -> torch.Tensor:
                       (2 * M.shape[0], M.shape[1]))
 
 
+class _LevelMatrix:
+    """One level's sparse matrix: CSR arrays for the row-sum kernels, a torch CSR on demand.
+
+    ``re`` and ``im`` are the real and imaginary parts of the entries (``im`` empty for a
+    real matrix); ``torch()`` is the stacked real form of :func:`_stacked` for the torch path
+    (built on first use: no copy is held otherwise).
+    """
+
+    __slots__ = ("_torch", "im", "indices", "indptr", "is_complex", "re", "shape")
+
+    def __init__(self, M: sp.csr_matrix, complex_: bool) -> None:
+        self.indptr = np.ascontiguousarray(M.indptr, dtype=np.int64)
+        self.indices = np.ascontiguousarray(M.indices, dtype=np.int32)
+        self.re = np.ascontiguousarray(M.data.real)
+        self.im = np.ascontiguousarray(M.data.imag) if complex_ else self.re[:0]
+        self.is_complex = complex_
+        self.shape = M.shape
+        self._torch: torch.Tensor | None = None
+
+    def torch(self) -> torch.Tensor:
+        if self._torch is None:
+            data = self.re + 1j * self.im if self.is_complex else self.re
+            self._torch = _stacked(sp.csr_matrix((data, self.indices, self.indptr),
+                                                 shape=self.shape), self.is_complex)
+        return self._torch
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        return self.indptr, self.indices, self.re, self.im
+
+
+def _balanced(indptr: np.ndarray, parts: int) -> np.ndarray:
+    """Row bounds splitting a CSR matrix into ``parts`` ranges of about equal work.
+
+    Work of a row: its entries plus one. The rows of a level vary (a separator's rows reach
+    far more columns than a leaf's), so equal row counts would leave one thread waiting.
+    """
+    m = len(indptr) - 1
+    work = (indptr - indptr[0]) + np.arange(m + 1)
+    cuts = np.searchsorted(work, np.linspace(0, work[-1], parts + 1)[1:-1])
+    return np.concatenate([[0], cuts, [m]]).astype(np.int64)
+
+
+if fused.numba is not None:
+    from numba import prange
+
+    @fused._jit(parallel=True)
+    def _level_kernel(Y, a, e, off, Bip, Bix, Bre, Bim, Dip, Dix, Dre, Dim, bb, bd, tmp,
+                      cplx):  # pragma: no cover - jit
+        """Rows ``a:e`` of ``Y``: ``t = Y[a:e] - B Y[off:]``, then ``Y[a:e] = D t``.
+
+        ``B`` or ``D`` with an empty ``indptr`` is absent (no known part, resp. the
+        identity). Complex matrices act on interleaved rows (the real view of a complex
+        block). ``bb`` and ``bd`` split the rows among the threads for the two products.
+        """
+        W = Y.shape[1]
+        has_b = Bip.shape[0] > 0
+        has_d = Dip.shape[0] > 0
+        for t in prange(bb.shape[0] - 1):
+            row = np.empty(W, dtype=Y.dtype)
+            for r in range(bb[t], bb[t + 1]):
+                i = a + r
+                if has_b:
+                    fused._row_sum(Y, row, Bix, Bre, Bim, off, Bip[r], Bip[r + 1], cplx)
+                    if has_d:
+                        for q in range(W):
+                            tmp[r, q] = Y[i, q] - row[q]
+                    else:
+                        for q in range(W):
+                            Y[i, q] -= row[q]
+                elif has_d:
+                    for q in range(W):
+                        tmp[r, q] = Y[i, q]
+        if has_d:
+            for t in prange(bd.shape[0] - 1):
+                row = np.empty(W, dtype=Y.dtype)
+                for r in range(bd[t], bd[t + 1]):
+                    fused._row_sum(tmp, row, Dix, Dre, Dim, 0, Dip[r], Dip[r + 1], cplx)
+                    for q in range(W):
+                        Y[a + r, q] = row[q]
+
+
 class LevelSolver:
     """``A^-1 B`` for a Hermitian ``A = L D L^H`` (SuperLU, symmetric mode), all columns at once.
 
@@ -182,8 +272,9 @@ class LevelSolver:
     conjugate transposes of the lower one's matrices, levels in reverse.
 
     Complex factors run on the real view of the complex block (Re and Im interleaved, ``(V,
-    2C)``) with matrices stacked as ``[Re M; Im M]``: torch's complex sparse product on CPU
-    does not go through MKL and is 3-4 times slower than the real one of twice the size.
+    2C)``): in the level kernels as complex sums, and in the torch path with matrices stacked
+    as ``[Re M; Im M]`` (torch's complex sparse product on CPU does not go through MKL and is
+    3-4 times slower than the real one of twice the size).
 
     Parameters
     ----------
@@ -208,6 +299,8 @@ class LevelSolver:
         # (perm, rows in the level order, the same as a torch index, its inverse as one)
         self._composed: tuple[Any, np.ndarray, torch.Tensor, torch.Tensor] | None = None
         self._work: np.ndarray | None = None  # (V, C) workspace of the last width
+        self._tmp: np.ndarray | None = None   # (rows of the widest level, C) of the kernels
+        self._plans: tuple[int, list[tuple], list[tuple]] | None = None
         self.shape = (len(order), len(order))
 
     @classmethod
@@ -300,16 +393,17 @@ class LevelSolver:
                 if ip[-1] > ip[0]:
                     sl = slice(ip[0], ip[-1])
                     idx = Bm.indices[sl] - (e if upper else 0)
-                    Bl = _stacked(sp.csr_matrix((Bm.data[sl], idx, ip - ip[0]),
-                                                shape=(e - a, V - e if upper else a)),
-                                  is_complex)
+                    Bl = _LevelMatrix(sp.csr_matrix((Bm.data[sl], idx, ip - ip[0]),
+                                                    shape=(e - a, V - e if upper else a)),
+                                      is_complex)
                 ipd = Dmat.indptr[a:e + 1]
                 sl = slice(ipd[0], ipd[-1])
                 dv = Dmat.data[sl]
                 Dl = None
                 if ipd[-1] - ipd[0] != e - a or not np.all(dv == 1.0):
-                    Dl = _stacked(sp.csr_matrix((dv, Dmat.indices[sl] - a, ipd - ipd[0]),
-                                                shape=(e - a, e - a)), is_complex)
+                    Dl = _LevelMatrix(sp.csr_matrix((dv, Dmat.indices[sl] - a,
+                                                     ipd - ipd[0]), shape=(e - a, e - a)),
+                                      is_complex)
                 levels.append((a, e, Bl, Dl))
             parts.append(levels)
         solver = cls(order, parts[0], parts[1], pivots[order].astype(Lr.dtype))
@@ -357,11 +451,14 @@ class LevelSolver:
         yc = torch.from_numpy(bo)
         # complex: the same memory read as real (V, 2C) with Re and Im interleaved
         y = torch.view_as_real(yc).view(len(idx), -1) if self.is_complex else yc
-        for a, e, B, D in self.lower:
-            self._level(yc, y, a, e, B, D, y[:a])
-        yc.mul_(self.inv_pivots[:, None])
-        for a, e, B, D in reversed(self.upper):
-            self._level(yc, y, a, e, B, D, y[e:])
+        if fused.fused_available():
+            self._sweeps_fused(yc, y)
+        else:
+            for a, e, B, D in self.lower:
+                self._level(yc, y, a, e, B, D, y[:a])
+            yc.mul_(self.inv_pivots[:, None])
+            for a, e, B, D in reversed(self.upper):
+                self._level(yc, y, a, e, B, D, y[e:])
         # back to the caller's numbering as a gather by the inverse permutation, not a
         # scatter (100k rows, 8 columns: 1.5 against 5.2 ms complex, 0.34 against 4.6 real)
         return torch.index_select(yc, 0, inv_t).numpy()
@@ -380,6 +477,42 @@ class LevelSolver:
                               torch.from_numpy(inv))
         return self._composed[1], self._composed[2], self._composed[3]
 
+    def _plan(self, threads: int) -> tuple[list[tuple], list[tuple]]:
+        """Per level the arrays of :func:`_level_kernel` with row bounds for ``threads``."""
+        if self._plans is None or self._plans[0] != threads:
+            real = np.zeros(0, dtype=np.finfo(self.dtype).dtype)
+            none = (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int32), real, real)
+            sweeps = []
+            for levels, upper in ((self.lower, False), (self.upper, True)):
+                plan = []
+                for a, e, B, D in levels:
+                    ba = B.arrays() if B is not None else none
+                    da = D.arrays() if D is not None else none
+                    bb = _balanced(ba[0] if B is not None else np.zeros(e - a + 1, np.int64),
+                                   threads)
+                    bd = _balanced(da[0], threads) if D is not None else bb
+                    plan.append((a, e, e if upper else 0, *ba, *da, bb, bd))
+                sweeps.append(plan)
+            self._plans = (threads, sweeps[0], sweeps[1])
+        return self._plans[1], self._plans[2]
+
+    def _sweeps_fused(self, yc: torch.Tensor, y: torch.Tensor) -> None:
+        """Both triangular sweeps in place through :func:`_level_kernel` (sums in registers).
+
+        100k-vertex torus, complex factor, 8 columns: 24 ms per solve against 44 ms through
+        torch's products; 64 columns: 225 against 568 ms (benchmarks/README.md).
+        """
+        Y = y.numpy()
+        lower, upper = self._plan(fused._threads())
+        rows = max(e - a for a, e, *_ in lower)
+        if self._tmp is None or self._tmp.shape != (rows, Y.shape[1]):
+            self._tmp = np.empty((rows, Y.shape[1]), dtype=Y.dtype)
+        for level in lower:
+            _level_kernel(Y, *level, self._tmp, self.is_complex)
+        yc.mul_(self.inv_pivots[:, None])
+        for level in reversed(upper):
+            _level_kernel(Y, *level, self._tmp, self.is_complex)
+
     def _mm(self, M: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
         """``M K`` for the real form ``K`` of a block; complex: ``M = [Re; Im]`` stacked.
 
@@ -397,8 +530,8 @@ class LevelSolver:
         """``y[a:e] = D (y[a:e] - B known)`` in place (``yc``: ``y`` as complex, or ``y``)."""
         if B is not None:
             if self.is_complex:
-                yc[a:e].sub_(self._mm(B, known))
+                yc[a:e].sub_(self._mm(B.torch(), known))
             else:
-                y[a:e].addmm_(B, known, alpha=-1)
+                y[a:e].addmm_(B.torch(), known, alpha=-1)
         if D is not None:
-            yc[a:e].copy_(self._mm(D, y[a:e]))
+            yc[a:e].copy_(self._mm(D.torch(), y[a:e]))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -42,6 +44,46 @@ def test_matches_superlu_and_dense_solves(n: int) -> None:
     np.testing.assert_allclose(f.solve(B), dense, rtol=0, atol=1e-11 * np.abs(dense).max())
     np.testing.assert_allclose(f.solve(B[:, 0]), dense[:, 0], rtol=0,
                                atol=1e-11 * np.abs(dense).max())
+
+
+@pytest.mark.parametrize("n", [0, 1])
+def test_register_kernels_match_torch_products_and_superlu(
+        monkeypatch: pytest.MonkeyPatch, n: int) -> None:
+    # the level kernels with their sums in registers (every tile width: 1 to 40 columns, real
+    # and interleaved complex; one, two and three threads, so that the rows of a level split
+    # by work) against the torch products they replace and SuperLU's own solve
+    from manifoldmp.spectral import fused
+
+    if not fused.fused_available():
+        pytest.skip("numba is not installed")
+    S = mmp.meshes.torus(n_major=50, n_minor=24)
+    A = _system(S, n, 0.5)
+    f = _factorize(A)
+    solver = LevelSolver.from_superlu(f.lu)
+    assert solver is not None
+    for C, threads in ((1, 1), (2, 2), (3, 3), (5, 2), (8, 2), (13, 3), (16, 1), (21, 2),
+                       (40, 2)):
+        B = _rhs(S.n_vertices, C, n, seed=C)[f.perm]
+        ref = f.lu.solve(np.asfortranarray(B))
+        monkeypatch.setattr(fused, "_threads", lambda threads=threads: threads)
+        x = solver.solve(B)
+        monkeypatch.setattr(fused, "fused_available", lambda: False)
+        y = solver.solve(B)                          # torch's products
+        monkeypatch.undo()
+        scale = np.abs(ref).max()
+        np.testing.assert_allclose(x, ref, rtol=0, atol=1e-12 * scale)
+        np.testing.assert_allclose(x, y, rtol=0, atol=1e-13 * scale)
+        assert solver._plans[0] == threads and len(solver._plans[1][0][-2]) == threads + 1
+
+
+def test_balanced_row_ranges_split_the_work() -> None:
+    indptr = np.concatenate([[0], np.cumsum([100, 1, 1, 1, 1, 1, 1, 1, 100, 1])])
+    for parts in (1, 2, 3, 7):
+        b = sn._balanced(indptr, parts)
+        assert b[0] == 0 and b[-1] == 10 and len(b) == parts + 1 and np.all(np.diff(b) >= 0)
+    b = sn._balanced(indptr, 2)
+    work = [indptr[e] - indptr[a] + e - a for a, e in itertools.pairwise(b)]
+    assert max(work) <= 110   # the two heavy rows go to different threads
 
 
 @pytest.mark.parametrize("n", [0, 1])
