@@ -245,10 +245,10 @@ class SparseFactor:
     """
 
     #: Multi-column solves build the level solver by themselves once this many columns went
-    #: through SuperLU (its set-up costs about 100 SuperLU columns, 0.9 s at 100k vertices;
-    #: so the set-up at most doubles what a short job pays)... Twice as many for complex
-    #: factors, where the set-up costs about 130 columns (1.7 s) and gains less per column.
-    AUTO_LEVEL_COLUMNS = 128
+    #: through SuperLU: its set-up costs about as many SuperLU columns (100k-vertex torus:
+    #: 0.29 s real, 39-40 columns of 7.5 ms; 0.37-0.65 s complex, 32-56 columns of 11.6
+    #: ms), so the set-up at most doubles what a short job pays...
+    AUTO_LEVEL_COLUMNS = 48
     #: ...on factors of at least this order (below, SuperLU's solves take well under a
     #: millisecond and the per-level overhead of the sparse products would dominate).
     AUTO_LEVEL_MIN_ORDER = 20_000
@@ -266,8 +266,9 @@ class SparseFactor:
     def prepare_block_solves(self) -> bool:
         """Build the level-scheduled block solver (:mod:`~manifoldmp.spectral.supernodal`).
 
-        Multi-column solves then cost 1.6-2.2 ms per column instead of SuperLU's 7 (100k
-        vertices, 8-64 columns real; complex 6-10 against 13); one-column solves stay with SuperLU.
+        Multi-column solves then cost 1.3 ms per column instead of SuperLU's 7.5 (100k
+        vertices, 8-64 columns real; complex 2-3 against 12); one-column solves stay with
+        SuperLU.
         Returns whether the factor fits (a pivoted factor or a deep elimination tree does
         not, and keeps SuperLU's solve). ``solve`` calls it by itself after
         :attr:`AUTO_LEVEL_COLUMNS` columns on a large factor.
@@ -281,8 +282,8 @@ class SparseFactor:
         """``A^-1 b`` for ``b : (V,) or (V, C)``."""
         b = np.asarray(b)
         if b.ndim == 2 and b.shape[1] > 1 and self.levels is None:
-            due = self.AUTO_LEVEL_COLUMNS * (2 if self.dtype.kind == "c" else 1)
-            if self._block_columns >= due and self.shape[0] >= self.AUTO_LEVEL_MIN_ORDER:
+            if (self._block_columns >= self.AUTO_LEVEL_COLUMNS
+                    and self.shape[0] >= self.AUTO_LEVEL_MIN_ORDER):
                 self.prepare_block_solves()
             self._block_columns += b.shape[1]
         if (self.levels and b.ndim == 2 and b.shape[1] > 1

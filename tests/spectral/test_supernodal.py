@@ -158,8 +158,8 @@ def test_eigenpairs_the_same_with_and_without_block_solves(
 
 def test_solve_builds_the_level_solver_by_itself_and_agrees(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    # multi-column solves switch to the level solver once AUTO_LEVEL_COLUMNS columns (twice
-    # as many for a complex factor) went through SuperLU; every call, before and after,
+    # multi-column solves switch to the level solver once AUTO_LEVEL_COLUMNS columns went
+    # through SuperLU; every call, before and after,
     # agrees with a dense solve, whatever the memory order and dtype of b; a complex b on a
     # real factor stays with SuperLU (which refuses it)
     from manifoldmp.spectral.eigen import SparseFactor
@@ -171,7 +171,7 @@ def test_solve_builds_the_level_solver_by_itself_and_agrees(
         A = _system(S, n, 1.0)
         f = _factorize(A)
         dense_inv = np.linalg.inv(A.toarray())
-        switch = 2 if n == 0 else 4  # 12 (24) columns solved before this call
+        switch = 2  # 12 columns solved before this call
         for i, order in enumerate("CFCFCF"):
             B = _rhs(S.n_vertices, 6, n, seed=i)
             B = np.asfortranarray(B) if order == "F" else B
