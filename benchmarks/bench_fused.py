@@ -9,7 +9,8 @@ over memory per step, the basis regenerated two steps per pass). Both run here
 in one process, on the same bundle, input and times, for types 0 and 1 in float32 and float64
 and for 4 to 64 channels; the ratio ``torch / fused`` is printed per width, with the bytes per
 row of the input (complex channels count twice). The layers pick the fused path from
-:data:`manifoldmp.spectral.fused.MIN_INPUT_ROW_BYTES` on: this benchmark is what sets it.
+:data:`manifoldmp.spectral.fused.MIN_INPUT_ROW_BYTES` (and ``MIN_COMPLEX_INPUT_ROW_BYTES``) on:
+this benchmark is what sets them.
 
 The times per channel are ``h^2 exp(U(0, log c))`` (``h`` the mean edge length, ``c`` =
 ``--spread``), the range a diffusion layer's learned times cover, at the layers' default
@@ -67,11 +68,12 @@ def run(name: str, surface: mmp.Surface, spread: float, repeat: int,
                 slow = best_time(flow, repeat=repeat)
                 F.FUSED = True
                 op = F._fused_operator(ops, n, x)   # what the layers pick at this width
-                keep, fused_mod.MIN_INPUT_ROW_BYTES = fused_mod.MIN_INPUT_ROW_BYTES, 0
+                keep = fused_mod.MIN_INPUT_ROW_BYTES, fused_mod.MIN_COMPLEX_INPUT_ROW_BYTES
+                fused_mod.MIN_INPUT_ROW_BYTES = fused_mod.MIN_COMPLEX_INPUT_ROW_BYTES = 0
                 try:
                     fast = best_time(flow, repeat=repeat)
                 finally:
-                    fused_mod.MIN_INPUT_ROW_BYTES = keep
+                    fused_mod.MIN_INPUT_ROW_BYTES, fused_mod.MIN_COMPLEX_INPUT_ROW_BYTES = keep
                 rb = C * x.element_size()
                 mark = "*" if op is not None else " "
                 cells.append(f"{slow / fast:4.2f}{mark}({rb}B)")

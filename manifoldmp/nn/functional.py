@@ -9,8 +9,9 @@ its time discretization (THEORY.md 3.1-3.3), differentiable in ``x`` and ``t``:
                a heat application (custom autograd). Fused kernels on the CPU as below.
 ``chebyshev``  Chebyshev expansion of the same flow with an a-priori degree (one sparse product
                per degree, no inner products); backward as for ``krylov``. On the CPU, inputs
-               of at least 128 bytes per row (32 float32 channels, 16 complex64) go through the
-               fused kernels of :mod:`manifoldmp.spectral.fused` (:data:`FUSED`).
+               of at least 128 bytes per row (32 float32 channels; types ``n != 0`` from 32
+               bytes, 4 complex64 channels) go through the fused kernels of
+               :mod:`manifoldmp.spectral.fused` (:data:`FUSED`).
 ``implicit``   ``steps`` backward-Euler steps ``(M + tau L_n) u+ = M u``, each solved by
                Jacobi-preconditioned conjugate gradients with a separate ``tau`` per channel
                (a learned time per channel would need a factorization per channel; CG needs

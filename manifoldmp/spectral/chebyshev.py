@@ -14,9 +14,9 @@ Complex features of a complex operator run on its stacked real form (:func:`stac
 MKL's real product is faster than its complex one on the same data.
 On the CPU, :class:`~manifoldmp.HeatKernel` and the layers run the same recurrence through
 the fused kernels of :mod:`~manifoldmp.spectral.fused` (:func:`chebyshev_expm_fused`) for
-inputs of at least 128 bytes per row: two degrees and their accumulation per pass over
-memory, 1.7x faster on a 100k-vertex mesh; the degree rule and bound below are shared
-(``_expand``).
+inputs of at least 128 bytes per row (32 for complex operators): two degrees and their
+accumulation per pass over memory, 1.7x faster on a 100k-vertex mesh; the degree rule and
+bound below are shared (``_expand``).
 
 Error: ``|T_k| <= 1`` on ``[-1, 1]``, so for every ``z``
 ``||p_m(B) z - exp(-t B) z|| <= tail_m ||z||`` with ``tail_m = sum_{k > m} |c_k|``, computed
@@ -552,7 +552,8 @@ def heat_chebyshev(S: torch.Tensor, bound: float, sqrt_mass: torch.Tensor, x: to
     fused : FusedOperator, optional
         The same ``S`` (not stacked) for the fused CPU kernels
         (:func:`chebyshev_expm_fused`): used instead of ``S`` when ``x`` is on the CPU, of its
-        precision and wide enough (:data:`~manifoldmp.spectral.fused.MIN_INPUT_ROW_BYTES`; any
+        precision and wide enough (:data:`~manifoldmp.spectral.fused.MIN_INPUT_ROW_BYTES`,
+        complex operators :data:`~manifoldmp.spectral.fused.MIN_COMPLEX_INPUT_ROW_BYTES`; any
         width when ``S`` is None).
 
     Returns
@@ -645,12 +646,15 @@ def _fused_fits(op: FusedOperator, x: torch.Tensor, *, any_width: bool = False) 
 
     ``x`` must be on the CPU, of ``op``'s precision, complex for a complex ``op``, and (unless
     ``any_width``) at least :data:`~manifoldmp.spectral.fused.MIN_INPUT_ROW_BYTES` wide per row
-    (narrower blocks are faster through torch's product).
+    for a real ``op``, :data:`~manifoldmp.spectral.fused.MIN_COMPLEX_INPUT_ROW_BYTES` for a
+    complex one (narrower blocks are faster through torch's product).
     """
     real = np.float32 if x.dtype in (torch.float32, torch.complex64) else np.float64
+    least = (_fused_mod.MIN_COMPLEX_INPUT_ROW_BYTES if op.is_complex
+             else _fused_mod.MIN_INPUT_ROW_BYTES)
     return (x.device.type == "cpu" and x.dim() == 2 and np.dtype(real) == op.dtype
             and (x.is_complex() or not op.is_complex) and x.shape[0] == op.n
-            and (any_width or x.shape[1] * x.element_size() >= _fused_mod.MIN_INPUT_ROW_BYTES))
+            and (any_width or x.shape[1] * x.element_size() >= least))
 
 
 def _heat_chebyshev(S: torch.Tensor, bound: float, sqrt_mass: torch.Tensor, x: torch.Tensor,

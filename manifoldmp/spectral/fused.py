@@ -57,13 +57,17 @@ log = logging.getLogger(__name__)
 #: Bytes per row of a column block of the recurrence (:class:`FusedRecurrence`).
 ROW_BYTES = 512
 
-#: Narrowest input the callers hand to the fused kernels, in bytes per row (complex columns
-#: count twice): below it the scalar loops over a few columns lose to torch's product.
-#: Torch's flow time over the fused one (benchmarks/bench_fused.py: icosphere(5), armadillo,
-#: boot, float32 and float64): at 32 bytes 0.53-1.57x, at 64 bytes 0.78-1.52x (real) and
-#: 0.97-2.39x (complex), at 128 bytes 0.87-2.18x and 1.23-4.55x, at 256 bytes 1.37-2.59x and
-#: 1.83-4.16x. The kernels themselves take any width.
+#: Narrowest input the callers hand to the fused kernels for a real operator, in bytes per
+#: row (complex columns count twice): below it the kernels do not beat torch's product.
+#: Torch's flow time over the fused one with the register tiles (benchmarks/bench_fused.py:
+#: icosphere(5), armadillo, boot, float32 and float64, Chebyshev): real operators at 16-32
+#: bytes 0.95-1.32x, at 64 bytes 0.94-1.70x, at 128 bytes 1.28-1.84x. The kernels themselves
+#: take any width.
 MIN_INPUT_ROW_BYTES = 128
+
+#: The same for a complex operator (types ``n != 0``), where the fused kernels win at every
+#: width measured: 32 bytes 1.91-2.05x, 64 bytes 1.69-3.54x (Chebyshev); Lanczos 1.09-1.50x.
+MIN_COMPLEX_INPUT_ROW_BYTES = 32
 
 #: Least chunk length in rows (below, the per-chunk loop overhead shows); the chunk is never
 #: shorter than the bandwidth, which correctness needs.

@@ -14,11 +14,13 @@ Three methods, one semantics:
     Lanczos on ``M^-1/2 L M^-1/2`` (:func:`~manifoldmp.spectral.krylov.lanczos_expm`), all
     channels at once, in torch (runs wherever the tensors live, CUDA included), stopped at the
     relative tolerance ``tol``. It adapts to the discrete low end of the spectrum at long
-    times. On the CPU, inputs of at least 128 bytes per row run the same iteration on the
-    fused kernels (:func:`~manifoldmp.spectral.krylov.lanczos_expm_fused`; :attr:`FUSED`).
+    times. On the CPU, inputs of at least 128 bytes per row (32 for complex types) run the
+    same iteration on the fused kernels
+    (:func:`~manifoldmp.spectral.krylov.lanczos_expm_fused`; :attr:`FUSED`).
 ``chebyshev``
-    The Chebyshev expansion of ``exp(-t lambda)`` on ``[0, b]`` with ``b`` the Gershgorin
-    bound (:func:`~manifoldmp.spectral.chebyshev.chebyshev_expm`): one sparse product per
+    The Chebyshev expansion of ``exp(-t lambda)`` on ``[0, b]`` with ``b`` a rigorous bound on
+    the spectrum (:func:`~manifoldmp.spectral.chebyshev.spectrum_bound`;
+    :func:`~manifoldmp.spectral.chebyshev.chebyshev_expm`): one sparse product per
     degree and no inner products, in torch (on the CPU, wide inputs on the fused kernels of
     :mod:`~manifoldmp.spectral.fused`); its degree is known in advance
     (:meth:`HeatKernel.chebyshev_degree`) and its error bound is a-priori and rigorous

@@ -603,7 +603,8 @@ def heat_lanczos(B: torch.Tensor | None, sqrt_mass: torch.Tensor, x: torch.Tenso
     The one Krylov heat flow of the library: ``HeatKernel`` and the layers'
     ``heat_flow(method="krylov")`` both call it (they differ only in where ``B`` is cached).
     It runs :func:`lanczos_expm_fused` where ``fused`` takes ``x`` (CPU, its precision, wide
-    enough: :data:`~manifoldmp.spectral.fused.MIN_INPUT_ROW_BYTES`), else
+    enough: :data:`~manifoldmp.spectral.fused.MIN_INPUT_ROW_BYTES`, complex operators
+    :data:`~manifoldmp.spectral.fused.MIN_COMPLEX_INPUT_ROW_BYTES`), else
     :func:`lanczos_expm` with torch's products.
 
     In float32 the rounding is relative to the input, so where the output is much smaller
