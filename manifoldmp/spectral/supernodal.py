@@ -263,6 +263,21 @@ if fused.numba is not None:
                         Y[a + r, q] = row[q]
 
 
+    @fused._jit(parallel=True)
+    def _gather_rows(b, idx, out):  # pragma: no cover - jit
+        """``out[i] = b[idx[i]]``, rows in parallel; ``b`` and ``out`` in any memory order.
+
+        100k rows, 8 complex columns, Fortran-ordered ``b``: numpy's ``take`` 1.9-3.4 ms, this
+        0.7 ms; into a Fortran-ordered ``out`` it replaces torch's gather and a copy.
+        """
+        n = out.shape[0]
+        C = out.shape[1]
+        for i in prange(n):
+            k = idx[i]
+            for c in range(C):
+                out[i, c] = b[k, c]
+
+
 class LevelSolver:
     """``A^-1 B`` for a Hermitian ``A = L D L^H`` (SuperLU, symmetric mode), all columns at once.
 
@@ -443,7 +458,11 @@ class LevelSolver:
         # 1.1 ms C-ordered against numpy's 2.3, Fortran-ordered numpy's 3.4 against 11.9
         if self._work is None or self._work.shape != b.shape:
             self._work = np.empty(b.shape, dtype=self.dtype)
-        if b.flags.c_contiguous:
+        kernels = fused.fused_available()
+        if kernels:   # numba's gather reads either memory order by rows, in parallel
+            _gather_rows(b, idx, self._work)
+            bo = self._work
+        elif b.flags.c_contiguous:
             torch.index_select(torch.from_numpy(b), 0, idx_t, out=torch.from_numpy(self._work))
             bo = self._work
         else:
@@ -451,14 +470,19 @@ class LevelSolver:
         yc = torch.from_numpy(bo)
         # complex: the same memory read as real (V, 2C) with Re and Im interleaved
         y = torch.view_as_real(yc).view(len(idx), -1) if self.is_complex else yc
-        if fused.fused_available():
+        if kernels:
             self._sweeps_fused(yc, y)
-        else:
-            for a, e, B, D in self.lower:
-                self._level(yc, y, a, e, B, D, y[:a])
-            yc.mul_(self.inv_pivots[:, None])
-            for a, e, B, D in reversed(self.upper):
-                self._level(yc, y, a, e, B, D, y[e:])
+            # back to the caller's numbering as a gather by the inverse permutation, in the
+            # memory order of b (the eigensolver's blocks are Fortran-ordered: no copy after)
+            out = np.empty(b.shape, dtype=self.dtype, order="F" if b.flags.f_contiguous
+                           and not b.flags.c_contiguous else "C")
+            _gather_rows(bo, inv_t.numpy(), out)
+            return out
+        for a, e, B, D in self.lower:
+            self._level(yc, y, a, e, B, D, y[:a])
+        yc.mul_(self.inv_pivots[:, None])
+        for a, e, B, D in reversed(self.upper):
+            self._level(yc, y, a, e, B, D, y[e:])
         # back to the caller's numbering as a gather by the inverse permutation, not a
         # scatter (100k rows, 8 columns: 1.5 against 5.2 ms complex, 0.34 against 4.6 real)
         return torch.index_select(yc, 0, inv_t).numpy()

@@ -74,6 +74,9 @@ def test_register_kernels_match_torch_products_and_superlu(
         np.testing.assert_allclose(x, ref, rtol=0, atol=1e-12 * scale)
         np.testing.assert_allclose(x, y, rtol=0, atol=1e-13 * scale)
         assert solver._plans[0] == threads and len(solver._plans[1][0][-2]) == threads + 1
+        xf = solver.solve(np.asfortranarray(B))      # the result keeps b's memory order
+        np.testing.assert_allclose(xf, x, rtol=0, atol=1e-13 * scale)
+        assert xf.flags.f_contiguous and (C == 1 or not xf.flags.c_contiguous)
 
 
 def test_balanced_row_ranges_split_the_work() -> None:
