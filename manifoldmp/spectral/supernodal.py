@@ -262,7 +262,6 @@ if fused.numba is not None:
                     for q in range(W):
                         Y[a + r, q] = row[q]
 
-
     @fused._jit(parallel=True)
     def _gather_rows(b, idx, out):  # pragma: no cover - jit
         """``out[i] = b[idx[i]]``, rows in parallel; ``b`` and ``out`` in any memory order.
@@ -453,9 +452,10 @@ class LevelSolver:
             b = b.astype(self.dtype)
         # rows in the level order, gathered into a workspace kept between calls of one
         # width (fresh 100 MB blocks cost more in page faults than the gather itself).
-        # torch's row gather runs on both cores but reads a Fortran-ordered block column by
-        # column per row (slower than numpy's take there): 100k rows, 8 complex columns,
-        # 1.1 ms C-ordered against numpy's 2.3, Fortran-ordered numpy's 3.4 against 11.9
+        # Without numba: torch's row gather runs on both cores but reads a Fortran-ordered
+        # block column by column per row (slower than numpy's take there): 100k rows, 8
+        # complex columns, 1.1 ms C-ordered against numpy's 2.3, Fortran-ordered numpy's 3.4
+        # against 11.9
         if self._work is None or self._work.shape != b.shape:
             self._work = np.empty(b.shape, dtype=self.dtype)
         kernels = fused.fused_available()
@@ -523,8 +523,8 @@ class LevelSolver:
     def _sweeps_fused(self, yc: torch.Tensor, y: torch.Tensor) -> None:
         """Both triangular sweeps in place through :func:`_level_kernel` (sums in registers).
 
-        100k-vertex torus, complex factor, 8 columns: 24 ms per solve against 44 ms through
-        torch's products; 64 columns: 225 against 568 ms (benchmarks/README.md).
+        100k-vertex torus, complex factor, 8 columns: 16-21 ms per solve against 41-68 ms
+        through torch's products; 64 columns: 198-212 against 499-518 ms (benchmarks/README.md).
         """
         Y = y.numpy()
         lower, upper = self._plan(fused._threads())
